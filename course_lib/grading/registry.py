@@ -1,0 +1,165 @@
+"""The exercise registry: which exercises exist, how many points each is worth, how to grade it.
+
+A chapter's grading module (``course_lib/grading/exNN.py``) registers one check per
+exercise::
+
+    from course_lib.grading.registry import exercise, GradeError, expect_close
+
+    @exercise("ex01.contiguous_strides", points=2,
+              hint="Walk the shape from the last dimension to the first.")
+    def _(fn, rng):
+        for _ in range(20):
+            shape = tuple(int(n) for n in rng.integers(1, 6, size=rng.integers(1, 5)))
+            expect_equal(tuple(fn(shape)), reference(shape), f"strides for shape {shape}")
+
+``fn`` is the learner's function of the same name (``contiguous_strides`` in
+``exercises/ex01_*.py``); ``rng`` is a seeded ``numpy.random.Generator``. Inputs are random,
+expected values come from ``course_lib``'s reference code, so a hard-coded answer cannot
+pass. A check signals a wrong answer by raising :class:`GradeError` with a message that
+says what input gave what, and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any, Callable
+
+import numpy as np
+
+
+class GradeError(AssertionError):
+    """A learner's answer is wrong. The message is shown to the learner as is."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Exercise:
+    key: str  # "ex01.contiguous_strides"
+    points: int
+    hint: str
+    grade: Callable[[Callable[..., Any], np.random.Generator], None]
+    timeout: float | None = None  # seconds; None means the grader's default
+
+    @property
+    def chapter(self) -> str:  # "ex01"
+        return self.key.split(".", 1)[0]
+
+    @property
+    def function(self) -> str:  # "contiguous_strides"
+        return self.key.split(".", 1)[1]
+
+
+_REGISTRY: dict[str, Exercise] = {}
+
+
+def exercise(key: str, points: int = 1, hint: str = "", timeout: float | None = None):
+    """Register the decorated function as the check for exercise ``key`` ("exNN.function")."""
+    chapter, _, function = key.partition(".")
+    if not (chapter.startswith("ex") and chapter[2:].isdigit() and function.isidentifier()):
+        raise ValueError(f"exercise key {key!r} must look like 'ex01.function_name'")
+
+    def register(grade: Callable[[Callable[..., Any], np.random.Generator], None]):
+        if key in _REGISTRY:
+            raise ValueError(f"exercise {key!r} is registered twice")
+        _REGISTRY[key] = Exercise(key, points, hint, grade, timeout)
+        return grade
+
+    return register
+
+
+def _load_all_chapters() -> None:
+    import course_lib.grading as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("ex") and info.name[2:].isdigit():
+            importlib.import_module(f"course_lib.grading.{info.name}")
+
+
+def load_chapter(chapter: str) -> list[Exercise]:
+    """Import ``course_lib.grading.<chapter>`` and return its exercises in definition order."""
+    try:
+        importlib.import_module(f"course_lib.grading.{chapter}")
+    except ModuleNotFoundError as err:
+        if err.name == f"course_lib.grading.{chapter}":
+            raise KeyError(f"there is no chapter {chapter!r}; chapters: {', '.join(chapters())}") from None
+        raise
+    return [ex for ex in _REGISTRY.values() if ex.chapter == chapter]
+
+
+def chapters() -> list[str]:
+    """Every chapter that has graded exercises, e.g. ['ex01', 'ex02']."""
+    import course_lib.grading as package
+
+    return sorted(
+        info.name for info in pkgutil.iter_modules(package.__path__)
+        if info.name.startswith("ex") and info.name[2:].isdigit()
+    )
+
+
+def all_exercises() -> list[Exercise]:
+    _load_all_chapters()
+    return sorted(_REGISTRY.values(), key=lambda ex: ex.chapter)
+
+
+def get(key: str) -> Exercise:
+    chapter = key.split(".", 1)[0]
+    for ex in load_chapter(chapter):
+        if ex.key == key:
+            return ex
+    known = ", ".join(ex.key for ex in load_chapter(chapter))
+    raise KeyError(f"there is no exercise {key!r}; {chapter} has: {known}")
+
+
+# --------------------------------------------------------------------------------------
+# Comparison helpers for checks. They accept numpy arrays, torch tensors, the course's own
+# teaching Tensor (anything with .numpy()), Python numbers and nested lists/tuples.
+
+def _as_numpy(value: Any, what: str) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor without importing torch
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        return value.numpy()
+    if hasattr(value, "numpy") and callable(value.numpy):
+        return np.asarray(value.numpy())
+    try:
+        return np.asarray(value)
+    except Exception as err:  # pragma: no cover - defensive
+        raise GradeError(f"{what}: could not read your result {type(value).__name__} as an array ({err})")
+
+
+def expect_equal(actual: Any, expected: Any, what: str) -> None:
+    """Exact equality for ints, tuples, strings, integer arrays. ``what`` names the case."""
+    if isinstance(expected, (str, int, tuple, list, dict)) and not isinstance(expected, bool):
+        if isinstance(expected, tuple) and isinstance(actual, list):
+            actual = tuple(actual)
+        if isinstance(expected, list) and isinstance(actual, tuple):
+            actual = list(actual)
+        if actual != expected:
+            raise GradeError(f"{what}: expected {expected!r}, got {actual!r}")
+        return
+    a, e = _as_numpy(actual, what), _as_numpy(expected, what)
+    if a.shape != e.shape:
+        raise GradeError(f"{what}: expected shape {tuple(e.shape)}, got shape {tuple(a.shape)}")
+    if not np.array_equal(a, e):
+        bad = int(np.sum(a != e))
+        raise GradeError(f"{what}: {bad} of {e.size} values differ from the expected result")
+
+
+def expect_close(actual: Any, expected: Any, what: str, atol: float = 1e-5, rtol: float = 1e-5) -> None:
+    """Float comparison with shapes checked first; reports the largest difference."""
+    a, e = _as_numpy(actual, what), _as_numpy(expected, what)
+    if a.shape != e.shape:
+        raise GradeError(f"{what}: expected shape {tuple(e.shape)}, got shape {tuple(a.shape)}")
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    if not np.allclose(a64, e64, atol=atol, rtol=rtol, equal_nan=True):
+        diff = np.abs(a64 - e64)
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        worst = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
+        raise GradeError(
+            f"{what}: values differ (max |difference| {float(diff.max()):.3g} at index "
+            f"{tuple(int(i) for i in worst)}: expected {float(e64[worst]):.6g}, got {float(a64[worst]):.6g})"
+        )

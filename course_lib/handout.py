@@ -1,0 +1,73 @@
+"""Write a learner hand-out: the course without ``solutions/``.
+
+    python -m course_lib.handout DEST        # or: make handout DEST=...
+
+Copies the course's tracked files (``git ls-files`` when the course is a git checkout,
+otherwise every file except virtual environments, caches and version control) into
+``DEST``, leaving out ``solutions/``. The hand-out still installs with ``make lab`` and
+tests with ``make test``; tests that need solutions skip themselves there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from course_lib.paths import course_root
+
+LEFT_OUT_DIRS = {"solutions", ".git", ".venv", "venv", "__pycache__", ".ipynb_checkpoints", ".pytest_cache",
+                 ".hypothesis", "build"}
+
+
+def _course_files(root: Path) -> list[Path]:
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True, capture_output=True).stdout
+        files = [Path(p) for p in listed.decode().split("\0") if p]
+        if files:
+            return [f for f in files if (root / f).is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return [p.relative_to(root) for p in root.rglob("*")
+            if p.is_file() and not (set(p.relative_to(root).parts) & LEFT_OUT_DIRS)
+            and not p.name.endswith(".egg-info")]
+
+
+def write_handout(dest: Path, root: Path | None = None) -> list[Path]:
+    """Copy the course minus solutions/ into ``dest`` (which must not exist or be empty)."""
+    root = root or course_root()
+    dest = dest.expanduser().resolve()
+    if dest == root or root in dest.parents:
+        raise ValueError(f"write the hand-out outside the course folder, not into {dest}")
+    if dest.exists() and any(dest.iterdir()):
+        raise FileExistsError(f"{dest} exists and is not empty: choose a new folder, nothing was written")
+    copied = []
+    for rel in _course_files(root):
+        if rel.parts[0] in LEFT_OUT_DIRS or set(rel.parts) & {"__pycache__"}:
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, target)
+        copied.append(rel)
+    return copied
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.handout", description=__doc__.split("\n")[0])
+    parser.add_argument("dest", type=Path, help="a new folder for the learner copy")
+    args = parser.parse_args(argv)
+    try:
+        copied = write_handout(args.dest)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(copied)} files to {args.dest.resolve()} (no solutions/). "
+          "Learners run `make lab` there; zip it for a USB stick: "
+          f"(cd {args.dest.resolve().parent} && zip -qr {args.dest.name}.zip {args.dest.name})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
