@@ -158,8 +158,11 @@ def expect_close(actual: Any, expected: Any, what: str, atol: float = 1e-5, rtol
     if not np.allclose(a64, e64, atol=atol, rtol=rtol, equal_nan=True):
         diff = np.abs(a64 - e64)
         diff = np.where(np.isnan(diff), np.inf, diff)
-        worst = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
+        if diff.ndim == 0:
+            raise GradeError(f"{what}: expected {float(e64):.6g}, got {float(a64):.6g}")
+        worst = np.unravel_index(int(np.argmax(diff)), diff.shape)
         raise GradeError(
-            f"{what}: values differ (max |difference| {float(diff.max()):.3g} at index "
-            f"{tuple(int(i) for i in worst)}: expected {float(e64[worst]):.6g}, got {float(a64[worst]):.6g})"
+            f"{what}: {int(np.sum(~np.isclose(a64, e64, atol=atol, rtol=rtol)))} of {e64.size} values differ; "
+            f"the largest difference, {float(diff.max()):.3g}, is at index {tuple(int(i) for i in worst)}: "
+            f"expected {float(e64[worst]):.6g}, got {float(a64[worst]):.6g}"
         )

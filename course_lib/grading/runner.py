@@ -189,8 +189,8 @@ def grade(targets: list[str] | None = None, *, solutions: bool = False,
             continue
         try:
             relative = str(path.relative_to(root))
-        except ValueError:
-            relative = str(path)
+        except ValueError:  # a folder outside the course: its name is enough to tell which
+            relative = f"{path.parent.name}/{path.name}"
         results += _grade_in_children(in_chapter, path, seed, timeout, relative)
     return results, seed
 
