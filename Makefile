@@ -11,6 +11,8 @@ STAMP  := $(VENV)/.course-installed
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 NBVAL   := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 HAVE_SOLUTIONS := $(wildcard solutions/ex*.py)
+# JupyterLab refuses to run as root (containers, some classroom images) unless told it may.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
 .PHONY: help setup lab test test-unit test-grading test-notebooks notebooks doctor grade handout constraints clean
 
@@ -35,7 +37,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 lab: setup
 	$(PY) -m course_lib.doctor --no-network || true
-	$(VENV)/bin/jupyter lab notebooks/00_welcome.ipynb
+	$(VENV)/bin/jupyter lab $(LAB_ARGS) --ServerApp.root_dir="$(CURDIR)" notebooks/00_welcome.ipynb
 
 doctor: setup
 	$(PY) -m course_lib.doctor
