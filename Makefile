@@ -61,7 +61,8 @@ test-notebooks: setup
 
 notebooks: setup
 	for nb in notebooks/*.ipynb; do \
-	  $(OFFLINE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace "$$nb" || exit 1; done
+	  $(OFFLINE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.record_timing=False "$$nb" || exit 1; done
 
 handout: setup
 	@test -n "$(DEST)" || (echo "usage: make handout DEST=/path/to/learner-copy"; exit 2)
