@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from course_lib.grading import registry
-from course_lib.grading.runner import DEFAULT_TIMEOUT, format_table, grade
+from course_lib.grading.runner import DEFAULT_TIMEOUT, format_table, grade, resolve_targets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the exercises and their points, grade nothing")
     args = parser.parse_args(argv)
 
-    if args.list:
-        for ex in registry.all_exercises() if not args.targets else [
-                e for t in args.targets for e in ([registry.get(t)] if "." in t else registry.load_chapter(t))]:
-            print(f"{ex.key:<40} {ex.points} point(s)")
-        return 0
     try:
+        if args.list:
+            for ex in resolve_targets(args.targets):
+                print(f"{ex.key:<40} {ex.points} point(s)")
+            return 0
         results, seed = grade(args.targets, solutions=args.solutions, source=args.source,
                               timeout=args.timeout, seed=args.seed)
     except (KeyError, FileNotFoundError, RuntimeError) as err:

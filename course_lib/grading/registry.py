@@ -69,11 +69,8 @@ def exercise(key: str, points: int = 1, hint: str = "", timeout: float | None = 
 
 
 def _load_all_chapters() -> None:
-    import course_lib.grading as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name.startswith("ex") and info.name[2:].isdigit():
-            importlib.import_module(f"course_lib.grading.{info.name}")
+    for chapter in chapters():
+        importlib.import_module(f"course_lib.grading.{chapter}")
 
 
 def load_chapter(chapter: str) -> list[Exercise]:

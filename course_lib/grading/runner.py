@@ -60,7 +60,7 @@ def chapter_file(chapter: str, folder: Path) -> Path | None:
     return matches[0] if matches else None
 
 
-def _resolve_targets(targets: list[str] | None) -> list[registry.Exercise]:
+def resolve_targets(targets: list[str] | None) -> list[registry.Exercise]:
     """"ex01" means the whole chapter, "ex01.name" one exercise; nothing means everything."""
     if not targets:
         return registry.all_exercises()
@@ -174,7 +174,7 @@ def grade(targets: list[str] | None = None, *, solutions: bool = False,
     """
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
     folder = _source_folder(solutions, source)
-    exercises = _resolve_targets(targets)
+    exercises = resolve_targets(targets)
     try:
         root = course_root()
     except FileNotFoundError:

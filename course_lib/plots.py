@@ -1,0 +1,74 @@
+"""Pictures for the notebooks: one function per figure, matplotlib imported only when drawing.
+
+Each function draws into a new figure and returns nothing, so a notebook cell that ends
+with the call prints no figure repr (nbval would compare it); ``plt.gcf()`` gets the figure.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from course_lib.tensor import Tensor, broadcast_shapes
+
+def plot_layout(*tensors: Tensor, titles: Sequence[str] | None = None, cmap: str = "viridis"):
+    """Draw 2-D tensors side by side: each as a grid of cells coloured and labelled by
+    the storage position they read, with its flat storage as a strip underneath — the
+    same colour marks the same memory.
+
+    Returns nothing, so a notebook cell ending with this call prints no figure repr
+    (``plt.gcf()`` gets the figure if you want to save it)."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(3.4 * len(tensors), 3.0))
+    columns = fig.add_gridspec(1, len(tensors), wspace=0.35)
+    for k, t in enumerate(tensors):
+        if t.ndim != 2:
+            raise ValueError(f"plot_layout draws 2-D tensors, got shape {t.shape}")
+        # Which storage slot each logical element reads: the layout, with the values replaced by positions.
+        position = Tensor(np.arange(t.storage.size), t.shape, t.strides, t.offset).numpy()
+        vmax = max(t.storage.size - 1, 1)
+        grid, strip = columns[0, k].subgridspec(2, 1, height_ratios=[max(t.shape[0], 1), 1], hspace=0.5)
+        top, bottom = fig.add_subplot(grid), fig.add_subplot(strip)
+        top.imshow(position, cmap=cmap, vmin=0, vmax=vmax)
+        ink = {True: "black", False: "white"}  # dark text on the colour map's light end
+        for (r, c), p in np.ndenumerate(position):
+            top.text(c, r, f"s[{p}]", ha="center", va="center", color=ink[p > 0.6 * vmax], fontsize=8)
+        top.set_xticks(range(t.shape[1]))
+        top.set_yticks(range(t.shape[0]))
+        title = titles[k] if titles else f"shape {t.shape}"
+        top.set_title(f"{title}\nstrides {t.strides}, offset {t.offset}", fontsize=9)
+        used = np.isin(np.arange(t.storage.size), position)
+        bottom.imshow(np.where(used, np.arange(t.storage.size), np.nan)[None, :], cmap=cmap, vmin=0, vmax=vmax)
+        for p in range(t.storage.size):
+            colour = ink[p > 0.6 * vmax] if used[p] else "grey"
+            bottom.text(p, 0, str(p), ha="center", va="center", color=colour, fontsize=8)
+        bottom.set_yticks([])
+        bottom.set_xticks([])
+        bottom.set_xlabel("storage (flat buffer)", fontsize=8)
+
+
+def plot_broadcast(shape_a: Sequence[int], shape_b: Sequence[int]):
+    """Show two shapes lined up at the right, padded with 1s, and the broadcast result.
+    Returns nothing (``plt.gcf()`` gets the figure)."""
+    import matplotlib.pyplot as plt
+
+    out = broadcast_shapes(shape_a, shape_b)
+    ndim = len(out)
+    rows = [("a", (1,) * (ndim - len(shape_a)) + tuple(shape_a), len(shape_a)),
+            ("b", (1,) * (ndim - len(shape_b)) + tuple(shape_b), len(shape_b)),
+            ("a op b", out, ndim)]
+    fig, ax = plt.subplots(figsize=(1.1 * ndim + 1.6, 1.9))
+    for r, (name, shape, real) in enumerate(rows):
+        for d, size in enumerate(shape):
+            padded = d < ndim - real
+            stretched = r < 2 and size == 1 and out[d] != 1
+            colour = "#dddddd" if padded else ("#f4a261" if stretched else "#8ecae6")
+            ax.add_patch(plt.Rectangle((d, -r - 0.9), 0.9, 0.8, color=colour))
+            ax.text(d + 0.45, -r - 0.5, str(size), ha="center", va="center", fontsize=11)
+        ax.text(-0.15, -r - 0.5, name, ha="right", va="center", fontsize=10)
+    ax.set_xlim(-1.4, ndim)
+    ax.set_ylim(-3.1, 0.1)
+    ax.axis("off")
+    ax.set_title("grey: padded 1 · orange: size 1 stretched (stride 0) · blue: kept", fontsize=8)
