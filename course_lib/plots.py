@@ -72,3 +72,89 @@ def plot_broadcast(shape_a: Sequence[int], shape_b: Sequence[int]):
     ax.set_ylim(-3.1, 0.1)
     ax.axis("off")
     ax.set_title("grey: padded 1 · orange: size 1 stretched (stride 0) · blue: kept", fontsize=8)
+
+
+def plot_activations(x_min: float = -4.0, x_max: float = 4.0):
+    """Chapter 02: ReLU, exact GELU and GPT-2's tanh GELU, and the (tiny) gap between the
+    two GELUs. Returns nothing (``plt.gcf()`` gets the figure)."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from course_lib.layers import gelu, gelu_tanh, relu
+
+    x = torch.linspace(x_min, x_max, 401)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    left.plot(x, relu(x), label="ReLU", color="grey", linestyle="--")
+    left.plot(x, gelu(x), label="GELU (exact, erf)", linewidth=2.5)
+    left.plot(x, gelu_tanh(x), label="GELU (tanh, GPT-2)", linewidth=1.2)
+    left.axhline(0, color="black", linewidth=0.5)
+    left.set_title("activations")
+    left.set_xlabel("x")
+    left.legend()
+    right.plot(x, gelu(x) - gelu_tanh(x), color="tab:red")
+    right.axhline(0, color="black", linewidth=0.5)
+    right.set_title("exact GELU minus tanh GELU")
+    right.set_xlabel("x")
+    right.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    fig.tight_layout()
+
+
+def plot_softmax_temperature(scores: Sequence[float], temperatures: Sequence[float] = (0.5, 1.0, 2.0),
+                             labels: Sequence[str] | None = None):
+    """Chapter 02 (and 06): softmax(scores / T) as bars for each temperature T — low T
+    sharpens towards the maximum, high T flattens towards uniform. Returns nothing."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from course_lib.layers import softmax
+
+    scores_t = torch.tensor(list(scores), dtype=torch.float32)
+    labels = list(labels) if labels is not None else [str(i) for i in range(len(scores_t))]
+    fig, axes = plt.subplots(1, len(temperatures), figsize=(3.3 * len(temperatures), 2.8), sharey=True)
+    for ax, t in zip(np.atleast_1d(axes), temperatures):
+        p = softmax(scores_t / t)
+        ax.bar(labels, p, color="tab:blue")
+        ax.set_title(f"T = {t:g}   (max p = {float(p.max()):.2f})")
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", labelsize=8)
+    np.atleast_1d(axes)[0].set_ylabel("probability")
+    fig.tight_layout()
+
+
+def plot_attention(weights: Sequence, tokens: Sequence[str], titles: Sequence[str], query_tokens: Sequence[str] | None = None):
+    """Chapter 02: attention weight matrices (query rows x key columns) side by side, with
+    the tokens on the axes; masked cells are exactly 0 and show white. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    query_tokens = list(query_tokens) if query_tokens is not None else list(tokens)
+    fig, axes = plt.subplots(1, len(weights), figsize=(3.6 * len(weights), 3.6))
+    for ax, w, title in zip(np.atleast_1d(axes), weights, titles):
+        w = np.asarray(w, dtype=np.float64)
+        ax.imshow(np.ma.masked_equal(w, 0.0), cmap="Blues", vmin=0, vmax=1)
+        for (r, c), value in np.ndenumerate(w):
+            if value > 0:
+                ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if value > 0.6 else "black")
+        ax.set_xticks(range(len(tokens)), tokens, rotation=60, fontsize=8)
+        ax.set_yticks(range(len(query_tokens)), query_tokens, fontsize=8)
+        ax.set_xlabel("key (attended to)")
+        ax.set_title(title, fontsize=10)
+    np.atleast_1d(axes)[0].set_ylabel("query")
+    fig.tight_layout()
+
+
+def plot_token_lengths(lengths: dict[str, Sequence[int]], bins: int = 30, xlabel: str = "tokens per line"):
+    """Chapter 03: histogram of sequence lengths per tokenizer, with each median marked.
+    Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    top = max(max(v) for v in lengths.values())
+    edges = np.linspace(0, top + 1, bins + 1)
+    for (name, values), colour in zip(lengths.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        ax.hist(values, bins=edges, alpha=0.5, label=f"{name} (median {np.median(values):g})", color=colour)
+        ax.axvline(np.median(values), color=colour, linestyle="--")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("lines")
+    ax.legend()
+    fig.tight_layout()

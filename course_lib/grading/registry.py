@@ -21,6 +21,7 @@ says what input gave what, and what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import pkgutil
@@ -163,3 +164,33 @@ def expect_close(actual: Any, expected: Any, what: str, atol: float = 1e-5, rtol
             f"the largest difference, {float(diff.max()):.3g}, is at index {tuple(int(i) for i in worst)}: "
             f"expected {float(e64[worst]):.6g}, got {float(a64[worst]):.6g}"
         )
+
+
+@contextlib.contextmanager
+def forbid(*dotted_names: str, instead: str = ""):
+    """While active, calling any of ``dotted_names`` (e.g. ``"torch.nn.functional.layer_norm"``,
+    ``"torch.Tensor.softmax"``) raises a GradeError that names the shortcut the learner took.
+
+    Use it around the call of the learner's function only, never around the reference:
+    exercises that ask for a layer "from primitive ops" get teeth this way.
+    """
+    patched = []
+    try:
+        for name in dotted_names:
+            owner_name, _, attr = name.rpartition(".")
+            owner = importlib.import_module(owner_name) if not owner_name.endswith("Tensor") else \
+                getattr(importlib.import_module(owner_name.rpartition(".")[0]), "Tensor")
+            if not hasattr(owner, attr):
+                continue
+            original = getattr(owner, attr)
+
+            def refuse(*args, _name=name, **kwargs):
+                raise GradeError(f"your code called {_name}(), a ready-made shortcut; this exercise asks "
+                                 f"you to write it from primitive operations{instead}")
+
+            setattr(owner, attr, refuse)
+            patched.append((owner, attr, original))
+        yield
+    finally:
+        for owner, attr, original in reversed(patched):
+            setattr(owner, attr, original)
