@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "check": "course_lib.grading.runner",
+    "encode_batch": "course_lib.tokenizer_loading",
+    "load_tokenizer": "course_lib.tokenizer_loading",
 }
 
 __all__ = sorted(_LAZY)
