@@ -119,7 +119,8 @@ def bpe_word(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     Example: with ``ranks = {("l", "o"): 0, ("lo", "w"): 1, ("e", "r"): 2}``,
     ``bpe_word("lower", ranks) == ["low", "er"]``.
 
-    Hint: ``min(pairs, key=lambda p: ranks.get(p, float("inf")))``.
+    Hint: ``min(pairs, key=lambda p: ranks.get(p, float("inf")))``; then your ``merge_pair``
+    (above, in this file) does the merging.
     """
     raise NotImplementedError
 

@@ -171,7 +171,8 @@ def bpe_word(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     Example: with ``ranks = {("l", "o"): 0, ("lo", "w"): 1, ("e", "r"): 2}``,
     ``bpe_word("lower", ranks) == ["low", "er"]``.
 
-    Hint: ``min(pairs, key=lambda p: ranks.get(p, float("inf")))``.
+    Hint: ``min(pairs, key=lambda p: ranks.get(p, float("inf")))``; then your ``merge_pair``
+    (above, in this file) does the merging.
     """
     symbols = list(word)
     while len(symbols) > 1:
@@ -179,15 +180,7 @@ def bpe_word(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
         best = min(pairs, key=lambda p: ranks.get(p, float("inf")))
         if best not in ranks:
             break
-        merged, i = [], 0
-        while i < len(symbols):
-            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                merged.append(symbols[i] + symbols[i + 1])
-                i += 2
-            else:
-                merged.append(symbols[i])
-                i += 1
-        symbols = merged
+        symbols = list(merge_pair(tuple(symbols), best))
     return symbols
 
 

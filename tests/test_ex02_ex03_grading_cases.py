@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from course_lib.grading import registry
 from course_lib.grading.registry import GradeError
 from course_lib.paths import course_root
+from course_lib.tokenization import merge_pair
 
 SEEDS = range(3)
 FILES = {"ex02": "ex02_layers.py", "ex03": "ex03_tokenizers.py"}
@@ -212,23 +213,11 @@ def _bpe(highest=False, once=False):
             if not pairs:
                 break
             best = (max if highest else min)(pairs, key=ranks.get)
-            symbols = list(_merge_all(tuple(symbols), best))
+            symbols = list(merge_pair(tuple(symbols), best))
             if once:
                 break
         return symbols
     return bpe_word
-
-
-def _merge_all(word, pair):
-    out, i = [], 0
-    while i < len(word):
-        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
-            out.append(word[i] + word[i + 1])
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return tuple(out)
 
 
 def _pad(side_fixed=None, inverted=False, cut_left=False):

@@ -90,7 +90,7 @@ def test_bert_from_vocab_txt_matches_the_published_tokenizer_json(bert_legacy, p
     n = assert_same_encodings(ours, published_bert, texts, "BERT single")
     pairs = list(zip(texts[::2], texts[1::2]))
     n += assert_same_encodings(ours, published_bert, pairs, "BERT pairs")
-    assert n == 1595 + 797
+    assert n == len(texts) + len(texts) // 2 and len(texts) > 1000  # every held-out line, singly and in pairs
     enc = ours.encode("Hello, World!")
     assert enc.tokens == ["[CLS]", "hello", ",", "world", "!", "[SEP]"] and enc.ids[0] == 101 and enc.ids[-1] == 102
     assert ours.truncation is None and ours.padding is None  # as the Hub's tokenizer.json files
@@ -192,7 +192,7 @@ def test_byte_level_bpe_matches_transformers(bpe_checkpoints, texts, flavour):
     ours = load_tokenizer(folder)
     n = assert_same_encodings(ours, ref, texts + SPECIAL_TEXTS, f"{flavour} single")
     n += assert_same_encodings(ours, ref, list(zip(texts[::2], texts[1::2])), f"{flavour} pairs")
-    assert n == 1595 + 9 + 797
+    assert n == len(texts) + len(SPECIAL_TEXTS) + len(texts) // 2 and len(texts) > 1000
     special = {"roberta": "<mask>", "gpt2": "<|endoftext|>"}[flavour]
     ids = ours.encode(f"a {special}").ids
     assert ids[-2 if flavour == "roberta" else -1] == ours.token_to_id(special) == 1000
