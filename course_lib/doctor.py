@@ -25,6 +25,7 @@ REQUIRED = {
     "torch": "every model in the course",
     "safetensors": "reading and writing checkpoints",
     "tokenizers": "the reference tokenizers",
+    "regex": "GPT-2's pre-tokenizer pattern",
     "huggingface_hub": "the Hub cache and downloads",
     "matplotlib": "plots in the notebooks",
     "tqdm": "progress bars",
