@@ -11,12 +11,23 @@ from __future__ import annotations
 from typing import Any
 
 
-def _as_float64(x: Any):
+def to_numpy(x: Any):
+    """A NumPy array from a torch tensor (any device or dtype, bfloat16 too), the course's
+    teaching Tensor (anything with ``.numpy()``), a number or nested lists. Never imports torch."""
     import numpy as np
 
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().float().numpy()
-    return np.asarray(x, dtype=np.float64)
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch.Tensor
+        x = x.detach().cpu()
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()  # NumPy has no bfloat16
+    if callable(getattr(x, "numpy", None)):
+        return np.asarray(x.numpy())
+    return np.asarray(x)
+
+
+def _as_float64(x: Any):
+    return to_numpy(x).astype("float64")
 
 
 def max_abs_diff(a: Any, b: Any) -> float:

@@ -212,6 +212,18 @@ def _split_specials(text: str, splitter: regex.Pattern | None) -> list[tuple[str
     return [(part, i % 2 == 1) for i, part in enumerate(parts) if part]
 
 
+def read_vocab_txt(path) -> dict[str, int]:
+    """A BERT ``vocab.txt``: one token per line, its id is the line number (from 0).
+
+    As the tokenizers library reads it: trailing whitespace (a Windows "\\r" too) is
+    dropped, and a token listed twice keeps its last line number.
+    """
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the file
+    return {token.rstrip(): i for i, token in enumerate(lines)}
+
+
 class WordPieceTokenizer:
     """BERT's tokenizer: ``bert_pre_tokenize`` then ``wordpiece_word`` on each word.
 
@@ -247,14 +259,8 @@ class WordPieceTokenizer:
 
     @classmethod
     def from_vocab_file(cls, path, **kwargs) -> "WordPieceTokenizer":
-        """Read a BERT ``vocab.txt``: one token per line, the id is the line number."""
-        lines = Path(path).read_text(encoding="utf-8").split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()  # the newline that ends the file
-        # like the library's WordPiece.read_file: trailing whitespace is dropped, and a
-        # token listed twice keeps its last line number
-        vocab = {token.rstrip(): i for i, token in enumerate(lines)}
-        return cls(vocab, **kwargs)
+        """Read a BERT ``vocab.txt`` (see ``read_vocab_txt``)."""
+        return cls(read_vocab_txt(path), **kwargs)
 
     def tokenize(self, text: str) -> list[str]:
         """Text -> WordPiece tokens (without [CLS]/[SEP])."""
@@ -498,6 +504,25 @@ def bpe_word(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     return symbols
 
 
+def read_merges_txt(path) -> list[tuple[str, str]]:
+    """GPT-2/RoBERTa's ``merges.txt``: one merge "left right" per line, in the order learned.
+
+    An optional first line ``#version: ...`` and blank lines are skipped. Byte characters
+    are never spaces, so each line splits into exactly two tokens; anything else is a
+    damaged file, reported with its line number.
+    """
+    merges = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line or line.startswith("#version"):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise ValueError(f"{path}, line {n}: a merge must be two tokens separated by one space, got {line!r}")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
 class ByteLevelBPETokenizer:
     """GPT-2 / RoBERTa's tokenizer: ``byte_level_pre_tokenize`` then ``bpe_word`` on each piece.
 
@@ -531,13 +556,7 @@ class ByteLevelBPETokenizer:
         ("<|endoftext|>", "<s>", "</s>", "<pad>", "<unk>", "<mask>") are special.
         """
         vocab = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
-        merges = []
-        for line in Path(merges_txt).read_text(encoding="utf-8").split("\n"):
-            line = line.rstrip("\r")
-            if not line or line.startswith("#version"):
-                continue
-            a, b = line.split(" ")  # byte characters are never spaces, so this is safe
-            merges.append((a, b))
+        merges = read_merges_txt(merges_txt)
         if "special_tokens" not in kwargs:
             known = ("<|endoftext|>", "<s>", "</s>", "<pad>", "<unk>", "<mask>")
             kwargs["special_tokens"] = [t for t in known if t in vocab]

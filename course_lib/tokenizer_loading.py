@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from course_lib.hub import TOKENIZER_FILES, resolve_source
+from course_lib.tokenization import read_merges_txt, read_vocab_txt
 
 SENTENCEPIECE_FILES = ("sentencepiece.bpe.model", "spiece.model", "tokenizer.model")
 
@@ -232,28 +233,10 @@ def special_tokens(flavour: str, settings: dict) -> dict[str, dict]:
     return out
 
 
-def _read_wordpiece_vocab(path: Path) -> dict[str, int]:
-    # One token per line, the line number is its id (as BERT's own load_vocab reads it).
-    with open(path, encoding="utf-8") as f:
-        return {line.rstrip("\n"): i for i, line in enumerate(f.readlines())}
-
-
-def _read_merges(path: Path) -> list[tuple[str, str]]:
-    merges = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if line.startswith("#version") or not line.strip():
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2:
-            raise ValueError(f"{path}, line {n}: a merge must be two tokens separated by one space, got {line!r}")
-        merges.append((parts[0], parts[1]))
-    return merges
-
-
 def _build_wordpiece(folder: Path, settings: dict, specials: dict[str, dict]):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    vocab = _read_wordpiece_vocab(folder / "vocab.txt")
+    vocab = read_vocab_txt(folder / "vocab.txt")
     unk = specials["unk_token"]["content"]
     tok = Tokenizer(models.WordPiece(vocab, unk_token=unk, continuing_subword_prefix="##",
                                      max_input_chars_per_word=100))
@@ -272,7 +255,7 @@ def _build_byte_level_bpe(folder: Path, flavour: str, settings: dict, specials: 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     vocab = _read_json(folder / "vocab.json")
-    merges = _read_merges(folder / "merges.txt")
+    merges = read_merges_txt(folder / "merges.txt")
     tok = Tokenizer(models.BPE(vocab, merges, dropout=None, unk_token=None, continuing_subword_prefix="",
                                end_of_word_suffix="", fuse_unk=False))
     add_prefix_space = bool(settings.get("add_prefix_space", False))

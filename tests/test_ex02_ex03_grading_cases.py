@@ -294,3 +294,12 @@ def test_forbid_restores_the_shortcuts():
         checks("ex02")["layer_norm"].grade(EX02_WRONG["layer_norm"]["F.layer_norm shortcut"], np.random.default_rng(0))
     assert (F.layer_norm, torch.softmax, torch.Tensor.softmax) == before
     assert torch.allclose(torch.tensor([0.0, 0.0]).softmax(-1), torch.tensor([0.5, 0.5]))
+
+
+def test_expect_raises_names_the_reason_and_what_came_back():
+    registry.expect_raises(ValueError, lambda: int("x"), "int('x')", "not a number")  # raised: fine
+    with pytest.raises(GradeError, match=r"split_heads\(\.\.\.\): 10 is not divisible by 4, so a ValueError "
+                                         r"was expected; your function returned a value of type Tensor"):
+        registry.expect_raises(ValueError, lambda: torch.zeros(2), "split_heads(...)", "10 is not divisible by 4")
+    with pytest.raises(GradeError, match=r"returned \(2, 3\)$"):
+        registry.expect_raises(ValueError, lambda: (2, 3), "broadcast_shapes((2,), (3,))", "sizes 2 and 3 clash")

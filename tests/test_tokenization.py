@@ -498,3 +498,15 @@ def test_pad_batch_edge_cases():
     assert pad_batch([[1, 2, 3]], pad_id=0, max_length=0) == ([[]], [[]])
     with pytest.raises(ValueError, match="padding_side"):
         pad_batch([[1]], pad_id=0, padding_side="middle")
+
+
+def test_vocab_and_merges_readers(tmp_path):
+    """The one reader each for vocab.txt and merges.txt (used by our tokenizers, load_tokenizer
+    and the grader): Windows line ends, #version headers, and a damaged line named by number."""
+    (tmp_path / "vocab.txt").write_bytes(b"[PAD]\r\nhello\r\n##lo\r\n")
+    assert tk.read_vocab_txt(tmp_path / "vocab.txt") == {"[PAD]": 0, "hello": 1, "##lo": 2}
+    (tmp_path / "merges.txt").write_text("#version: 0.2\r\nl o\r\nlo w\r\n\r\n", encoding="utf-8")
+    assert tk.read_merges_txt(tmp_path / "merges.txt") == [("l", "o"), ("lo", "w")]
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nl o\nlow\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"merges.txt, line 3: a merge must be two tokens"):
+        tk.read_merges_txt(tmp_path / "merges.txt")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from course_lib import layers
-from course_lib.grading.registry import GradeError, exercise, expect_close, expect_equal, forbid
+from course_lib.grading.registry import GradeError, exercise, expect_close, expect_equal, expect_raises, forbid
 
 SHORTCUTS = (
     "torch.nn.functional.linear", "torch.nn.functional.layer_norm", "torch.layer_norm",
@@ -88,9 +88,6 @@ def _(fn, rng):
         x = randn(rng, *random_batch_shape(rng), int(rng.integers(1, 9)), scale=3.0)
         what = f"gelu_tanh(x of shape {tuple(x.shape)})"
         expect_close(call(fn, x, what=what), layers.gelu_tanh(x), what, atol=1e-6)
-    exact = layers.gelu(torch.linspace(-6, 6, 241))
-    if torch.allclose(call(fn, torch.linspace(-6, 6, 241), what=""), exact, atol=1e-7, rtol=0):
-        raise GradeError("gelu_tanh: your values equal the exact (erf) GELU; this exercise asks for the tanh approximation")
 
 
 @exercise("ex02.stable_softmax", points=2,
@@ -175,12 +172,7 @@ def _(fn, rng):
         what = f"split_heads(x {tuple(x.shape)}, n_heads={n_heads})"
         expect_equal(call(fn, x, n_heads, what=what), layers.split_heads(x, n_heads), what)
     x = randn(rng, 2, 3, 10)
-    try:
-        got = fn(x, 4)
-    except ValueError:
-        return
-    raise GradeError(f"split_heads(x (2, 3, 10), n_heads=4): 10 is not divisible by 4, so a ValueError "
-                     f"was expected; your function returned {type(got).__name__}")
+    expect_raises(ValueError, lambda: fn(x, 4), "split_heads(x (2, 3, 10), n_heads=4)", "10 is not divisible by 4")
 
 
 @exercise("ex02.merge_heads", points=1,

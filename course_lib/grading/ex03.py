@@ -26,8 +26,7 @@ def minilm_vocab() -> dict[str, int]:
     """all-MiniLM-L6-v2's real WordPiece vocabulary (30,522 entries)."""
     from course_lib.assets import asset_path
 
-    lines = (asset_path("all-MiniLM-L6-v2") / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    return {token: i for i, token in enumerate(lines)}
+    return tokenization.read_vocab_txt(asset_path("all-MiniLM-L6-v2") / "vocab.txt")
 
 
 def random_text(rng: np.random.Generator, length: int) -> str:

@@ -114,19 +114,12 @@ def get(key: str) -> Exercise:
 # teaching Tensor (anything with .numpy()), Python numbers and nested lists/tuples.
 
 def _as_numpy(value: Any, what: str) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor without importing torch
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            value = value.float()
-        return value.numpy()
-    if hasattr(value, "numpy") and callable(value.numpy):
-        return np.asarray(value.numpy())
+    from course_lib.metrics import to_numpy
+
     try:
-        return np.asarray(value)
-    except Exception as err:  # pragma: no cover - defensive
-        raise GradeError(f"{what}: could not read your result {type(value).__name__} as an array ({err})")
+        return to_numpy(value)
+    except Exception as err:
+        raise GradeError(f"{what}: could not read your result {type(value).__name__} as an array ({err})") from None
 
 
 def expect_equal(actual: Any, expected: Any, what: str) -> None:
@@ -164,6 +157,18 @@ def expect_close(actual: Any, expected: Any, what: str, atol: float = 1e-5, rtol
             f"the largest difference, {float(diff.max()):.3g}, is at index {tuple(int(i) for i in worst)}: "
             f"expected {float(e64[worst]):.6g}, got {float(a64[worst]):.6g}"
         )
+
+
+def expect_raises(exception: type[BaseException], call: Callable[[], Any], what: str, why: str) -> None:
+    """``call()`` (which runs the learner's code) must raise ``exception``; ``why`` says why it
+    should, e.g. "the inner dimensions differ (3 vs 4)"."""
+    try:
+        actual = call()
+    except exception:
+        return
+    shown = repr(actual) if isinstance(actual, (int, float, str, tuple, list, type(None))) \
+        else f"a value of type {type(actual).__name__}"
+    raise GradeError(f"{what}: {why}, so a {exception.__name__} was expected; your function returned {shown}")
 
 
 @contextlib.contextmanager
