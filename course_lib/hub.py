@@ -103,14 +103,14 @@ def resolve_source(src: str | os.PathLike, revision: str | None = None,
         # Offline first: a copy in the Hub cache wins (it is what the learner downloaded);
         # otherwise the installed asset, without asking the network.
         try:
-            return _snapshot(src, revision, patterns, cache_dir, local_files_only=True)
+            return fetch_snapshot(src, revision, patterns, cache_dir, local_files_only=True)
         except HubError:
             pass
         try:
             return asset_path(asset)
         except FileNotFoundError:
             pass  # asset not installed: fall through to the Hub
-    return _snapshot(src, revision, patterns, cache_dir, local_files_only=is_offline())
+    return fetch_snapshot(src, revision, patterns, cache_dir, local_files_only=is_offline())
 
 
 def _local_folder(path: Path) -> Path:
@@ -131,7 +131,7 @@ def _prefetch_hint(repo_id: str, revision: str | None) -> str:
             f"pass that folder instead of the model id")
 
 
-def _snapshot(repo_id: str, revision: str | None, patterns: list[str], cache_dir: Path,
+def fetch_snapshot(repo_id: str, revision: str | None, patterns: list[str], cache_dir: Path,
               local_files_only: bool) -> Path:
     """``huggingface_hub.snapshot_download`` with every failure turned into a ``HubError`` that names the fix."""
     from huggingface_hub import snapshot_download

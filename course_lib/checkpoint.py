@@ -1,0 +1,465 @@
+"""Chapter 05: checkpoint files on disk <-> the parameters of our models.
+
+A Hugging Face model folder holds its weights in one of these layouts:
+
+- ``model.safetensors``: a JSON header (name, dtype, shape, byte range of every tensor)
+  followed by the raw bytes. Reading it executes nothing and can be memory-mapped: a
+  tensor is read from disk only when asked for.
+- ``model.safetensors.index.json`` + ``model-00001-of-00003.safetensors`` ...: the same,
+  split into shards; the index's ``weight_map`` says which shard holds which tensor.
+- ``pytorch_model.bin`` (+ ``pytorch_model.bin.index.json`` for shards): a pickle made by
+  ``torch.save``. Unpickling can run arbitrary code, so it is only ever read with
+  ``torch.load(..., weights_only=True)``, which accepts tensors and plain containers and
+  refuses everything else before running it.
+
+Published files do not always use today's names. ``match_keys`` maps a checkpoint's keys
+to a model's parameter names: strip or add the ``bert.``/``roberta.``/``transformer.``
+prefix, rename the legacy LayerNorm ``gamma``/``beta`` to ``weight``/``bias``, skip buffers
+that are not parameters (``position_ids``, GPT-2's ``attn.bias`` mask), skip heads the
+task does not use, and treat tied copies (the MLM decoder *is* the word embedding) as one
+tensor. Whatever is left over is an error: strict loading reports every missing,
+unexpected and wrongly shaped key at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_NAME = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+# patterns the Hub loader asks for when a repository has no safetensors weights
+BIN_FILES = [BIN_NAME, BIN_INDEX, "pytorch_model-*-of-*.bin"]
+
+# Prefixes a bare model's keys carry inside a task model's checkpoint.
+KNOWN_PREFIXES = ("bert", "roberta", "transformer", "model")
+# Buffers some files contain that are not parameters of the model: recomputed, never loaded.
+IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids", "attn.bias", "attn.masked_bias")
+
+_REDOWNLOAD = ("download it again (Hub: `hf download MODEL --force-download`, or delete the model's folder "
+               "under $HF_HOME/hub) or copy it again")
+
+
+class CheckpointError(ValueError):
+    """A model folder or weight file cannot be loaded; the message names the file and the fix."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A weight file is truncated or is not what its name says."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle asks to run code or build objects other than tensors: refused before anything ran."""
+
+
+class StateDictMismatchError(CheckpointError):
+    """The checkpoint's tensors do not fit the model (missing, unexpected, or wrongly shaped keys)."""
+
+    def __init__(self, message: str, report: "LoadReport"):
+        super().__init__(message)
+        self.report = report
+
+
+# --------------------------------------------------------------------------------------
+# Finding and reading weight files
+
+def weight_files(folder: str | os.PathLike) -> list[Path]:
+    """The weight files of a model folder, safetensors first: one file, or every shard of an index."""
+    folder = Path(folder)
+    for single, index in ((SAFETENSORS_NAME, SAFETENSORS_INDEX), (BIN_NAME, BIN_INDEX)):
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index).is_file():
+            return _shards(folder / index)
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    raise CheckpointError(
+        f"no weights in {folder}: expected {SAFETENSORS_NAME}, {SAFETENSORS_INDEX} (+ shards), {BIN_NAME} or "
+        f"{BIN_INDEX}; the folder holds: {', '.join(present) or 'nothing'}. Download the weight file too "
+        f"(`hf download MODEL {SAFETENSORS_NAME}`) or pass the folder that has it")
+
+
+def _shards(index_file: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CorruptCheckpointError(f"{index_file} is not a valid shard index (a JSON object with a "
+                                     f"'weight_map'): {err}; {_REDOWNLOAD}") from err
+    files = [index_file.parent / name for name in dict.fromkeys(weight_map.values())]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"{index_file.name} lists shards that are not in {index_file.parent}: "
+                              f"{', '.join(missing)}; download every shard (`hf download MODEL`)")
+    return files
+
+
+class CheckpointReader:
+    """Every tensor of a checkpoint by key, read lazily, one at a time.
+
+    safetensors files are memory-mapped: ``get(key)`` copies just that tensor out of the
+    mapping, so a model can be filled (and converted or quantized) tensor by tensor
+    without a second full copy in memory. ``.bin`` files are loaded with
+    ``weights_only=True`` (memory-mapped too when the file is a zip-format ``torch.save``).
+    """
+
+    def __init__(self, files: list[str | os.PathLike]):
+        self.files = [Path(f) for f in files]
+        self._sources: dict[str, tuple[Path, object]] = {}
+        for path in self.files:
+            handle = _open_safetensors(path) if path.suffix == ".safetensors" else _open_bin(path)
+            keys = handle.keys() if path.suffix == ".safetensors" else list(handle)
+            for key in keys:
+                self._sources[key] = (path, handle)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike) -> "CheckpointReader":
+        return cls(weight_files(folder))
+
+    def keys(self) -> list[str]:
+        return list(self._sources)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._sources
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        path, handle = self._sources[key]
+        if path.suffix == ".safetensors":
+            return tuple(handle.get_slice(key).get_shape())
+        return tuple(handle[key].shape)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {key: self.shape(key) for key in self._sources}
+
+    def get(self, key: str) -> torch.Tensor:
+        path, handle = self._sources[key]
+        if path.suffix == ".safetensors":
+            try:
+                return handle.get_tensor(key)
+            except Exception as err:  # noqa: BLE001 - the Rust error type is not importable by name everywhere
+                raise CorruptCheckpointError(f"{path}: cannot read tensor {key!r} ({err}); {_REDOWNLOAD}") from err
+        return handle[key]
+
+    def close(self) -> None:
+        self._sources.clear()
+
+    def __enter__(self) -> "CheckpointReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open_safetensors(path: Path):
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except Exception as err:  # noqa: BLE001 - SafetensorError, OSError
+        raise CorruptCheckpointError(
+            f"{path} is not a readable safetensors file ({err}). It is probably truncated (an interrupted "
+            f"download or copy) or not a safetensors file at all; {_REDOWNLOAD}") from err
+
+
+def _open_bin(path: Path) -> dict:
+    def load(mmap: bool):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            state = load(mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            state = load(mmap=False)  # an old (pre-zip) torch.save file: cannot be memory-mapped
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: it is a pickle that asks to import or call Python objects, not just "
+            f"tensors, and loading it could run code. Nothing from it was executed. Use the model's "
+            f"{SAFETENSORS_NAME} instead; if you made this file yourself and trust it, convert it with "
+            f"`python -m course_lib.convert`. (torch said: {str(err).splitlines()[0]})") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CorruptCheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            f"It is probably truncated or damaged; {_REDOWNLOAD}") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        kind = type(state).__name__ if not isinstance(state, dict) else "a dict with non-tensor values"
+        raise CheckpointError(f"{path} holds {kind}, not a flat {{name: tensor}} state dict as the Hub layout "
+                              f"has; if it is a training checkpoint, save model.state_dict() instead")
+    return state
+
+
+# --------------------------------------------------------------------------------------
+# Matching checkpoint keys to parameter names
+
+def rename_legacy_key(key: str) -> str:
+    """Old TensorFlow-era names: LayerNorm ``gamma`` -> ``weight``, ``beta`` -> ``bias``."""
+    module, _, name = key.rpartition(".")
+    new = {"gamma": "weight", "beta": "bias"}.get(name)
+    return f"{module}.{new}" if new and module else key
+
+
+def is_ignored_buffer(key: str) -> bool:
+    """True for buffers that files may hold but that are not parameters (recomputed by the model)."""
+    return any(key == b or key.endswith("." + b) for b in IGNORED_BUFFERS)
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """How a checkpoint's keys map onto a model: what loads, what is skipped and why, what is wrong."""
+
+    loaded: dict[str, str] = dataclasses.field(default_factory=dict)  # our key -> checkpoint key
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # checkpoint key -> reason
+    missing: list[str] = dataclasses.field(default_factory=list)  # our keys nothing provides
+    unexpected: list[str] = dataclasses.field(default_factory=list)  # checkpoint keys nothing takes
+    mismatched: list[tuple[str, str, tuple, tuple]] = dataclasses.field(default_factory=list)
+    # (our key, checkpoint key, our shape, checkpoint shape)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    @property
+    def renamed(self) -> dict[str, str]:
+        """checkpoint key -> our key, where they differ."""
+        return {ckpt: ours for ours, ckpt in self.loaded.items() if ours != ckpt}
+
+    def problems(self, limit: int = 20) -> str:
+        """Every problem, one per line (the first ``limit`` of each kind)."""
+        lines = []
+        for title, items in (("missing from the checkpoint", self.missing),
+                             ("unexpected (in the checkpoint, not in the model)", self.unexpected)):
+            if items:
+                lines.append(f"  {len(items)} {title}:")
+                lines += [f"    {k}" for k in items[:limit]] + ([f"    ... and {len(items) - limit} more"]
+                                                                 if len(items) > limit else [])
+        if self.mismatched:
+            lines.append(f"  {len(self.mismatched)} with the wrong shape:")
+            lines += [f"    {ours}: model {tuple(a)} vs checkpoint {tuple(b)}"
+                      + (f" (checkpoint key {ckpt})" if ckpt != ours else "")
+                      for ours, ckpt, a, b in self.mismatched[:limit]]
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """A few lines for humans: counts, then the skipped keys grouped by reason."""
+        lines = [f"loaded {len(self.loaded)} tensors ({len(self.renamed)} renamed), skipped {len(self.skipped)}"]
+        by_reason: dict[str, list[str]] = {}
+        for key, why in self.skipped.items():
+            by_reason.setdefault(why, []).append(key)
+        for why, keys in by_reason.items():
+            shown = ", ".join(keys[:3]) + (f", ... ({len(keys)} keys)" if len(keys) > 3 else "")
+            lines.append(f"  skipped ({why}): {shown}")
+        if not self.ok:
+            lines.append(self.problems())
+        return "\n".join(lines)
+
+
+def _prefix_transforms(prefix: str):
+    """Candidate ways to turn checkpoint keys into model keys, the identity first."""
+    yield "as is", lambda k: k
+    for p in dict.fromkeys(([prefix] if prefix else []) + list(KNOWN_PREFIXES)):
+        yield f"strip '{p}.'", (lambda k, p=p: k[len(p) + 1:] if k.startswith(p + ".") else k)
+    if prefix:
+        yield f"add '{prefix}.'", (lambda k, p=prefix: f"{p}.{k}")
+
+
+def match_keys(model: nn.Module, checkpoint_shapes: dict[str, tuple]) -> LoadReport:
+    """Map checkpoint keys (with their shapes) onto ``model``'s parameter names.
+
+    Uses the model's ``base_model_prefix``, ``tied_weights``, ``key_aliases`` and
+    ``unused_checkpoint_prefixes`` (see ``course_lib.models.base.CourseModel``).
+    """
+    prefix = getattr(model, "base_model_prefix", "")
+    tied = getattr(model, "tied_weights", {})
+    aliases = getattr(model, "key_aliases", {})
+    unused = getattr(model, "unused_checkpoint_prefixes", ())
+    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items() if k not in tied}
+
+    renamed = {key: rename_legacy_key(key) for key in checkpoint_shapes}
+    # One prefix rule for the whole file (the one that matches most keys): files are consistent.
+    best = max(_prefix_transforms(prefix), key=lambda t: sum(t[1](k) in model_shapes for k in renamed.values()))
+    transform = best[1]
+
+    report = LoadReport()
+    for key, new in renamed.items():
+        ours = transform(new)
+        if is_ignored_buffer(new):
+            report.skipped[key] = "a buffer, not a parameter: recomputed"
+        elif ours in model_shapes and ours not in report.loaded:
+            report.loaded[ours] = key
+        elif ours in tied:
+            report.skipped[key] = f"tied: the same tensor as {tied[ours]}"
+        elif ours in aliases:
+            target = aliases[ours]
+            if target in model_shapes and target not in report.loaded and not _provides(target, renamed, transform):
+                report.loaded[target] = key
+            else:
+                report.skipped[key] = f"another name for {target}"
+        elif any(ours.startswith(u) or new.startswith(u) for u in unused):
+            report.skipped[key] = "a head this task does not use"
+        else:
+            report.unexpected.append(key)
+    report.missing = [k for k in model_shapes if k not in report.loaded]
+    for ours, key in report.loaded.items():
+        if model_shapes[ours] != tuple(checkpoint_shapes[key]):
+            report.mismatched.append((ours, key, model_shapes[ours], tuple(checkpoint_shapes[key])))
+    return report
+
+
+def _provides(target: str, renamed: dict[str, str], transform) -> bool:
+    return any(transform(new) == target for new in renamed.values())
+
+
+# --------------------------------------------------------------------------------------
+# Filling a model
+
+def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, dtype: torch.dtype | None = None,
+               device=None, source: str = "the checkpoint") -> nn.Module:
+    """Copy every tensor ``report.loaded`` names from ``reader`` into ``model``, one at a time.
+
+    Each tensor is shape-checked, converted to ``dtype`` (floating-point tensors only) and
+    moved to ``device`` as it is read, then *replaces* the model's parameter: the model
+    may have been built on the ``meta`` device (no memory, no random init), so loading
+    allocates each parameter exactly once.
+    """
+    for ours, key in report.loaded.items():
+        tensor = reader.get(key)
+        expected = tuple(model.get_parameter(ours).shape if _is_param(model, ours) else model.get_buffer(ours).shape)
+        if tuple(tensor.shape) != expected:  # match_keys checked the header; this checks the data
+            raise StateDictMismatchError(f"{source}: tensor {key!r} has shape {tuple(tensor.shape)}, the model's "
+                                         f"{ours!r} needs {expected}", report)
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        assign_tensor(model, ours, tensor.to(device) if device is not None else tensor)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model
+
+
+def _is_param(model: nn.Module, key: str) -> bool:
+    module_path, _, name = key.rpartition(".")
+    return name in model.get_submodule(module_path)._parameters
+
+
+def assign_tensor(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
+    """Make ``tensor`` the model's parameter (or buffer) ``key``, e.g. ``encoder.layer.0.output.dense.weight``."""
+    module_path, _, name = key.rpartition(".")
+    module = model.get_submodule(module_path)
+    if name in module._parameters:
+        module._parameters[name] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
+    elif name in module._buffers:
+        module._buffers[name] = tensor
+    else:
+        raise KeyError(f"{type(model).__name__} has no parameter or buffer {key!r}")
+
+
+def check_fully_loaded(model: nn.Module, source: str) -> None:
+    """Raise if any tensor is still on the meta device (a loader bug, never a half-loaded model)."""
+    left = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"{source}: {len(left)} tensors were never loaded: {', '.join(left[:10])}")
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+
+def save_checkpoint(model: nn.Module, folder: str | os.PathLike) -> Path:
+    """``config.json`` + ``model.safetensors`` in the Hugging Face layout (tied copies saved once).
+
+    Files are written to temporary names and renamed at the end, so an interrupted save
+    never leaves a half-written ``model.safetensors`` behind.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tied = getattr(model, "tied_weights", {})
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k not in tied}
+    config = {**model.config.to_dict(), "architectures": [model.architecture]}
+    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(dtypes) == 1:
+        config["dtype"] = str(dtypes.pop()).removeprefix("torch.")
+    _write_atomic(folder / SAFETENSORS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    _write_atomic(folder / "config.json",
+                  lambda path: path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
+    return folder
+
+
+def _write_atomic(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
+    """A ``.bin`` checkpoint (a file or a model folder) -> ``dst/model.safetensors`` with today's names.
+
+    Renames legacy ``gamma``/``beta``, drops non-parameter buffers and second copies of tied
+    tensors (safetensors stores each tensor once), and, for a folder, copies every other
+    file (config, tokenizer) beside it. Every written tensor is read back and compared.
+    Returns a summary dict (counts, renames, dropped keys, bytes).
+    """
+    from safetensors.torch import save_file
+
+    src, dst = Path(src), Path(dst)
+    if src.is_file():
+        folder, files = src.parent, [src]
+    else:
+        folder, files = src, weight_files(src)
+    if dst.resolve() == folder.resolve():
+        raise CheckpointError(f"write the converted model to a new folder, not into {folder} itself")
+    state, renamed, dropped, seen = {}, {}, [], {}
+    with CheckpointReader(files) as reader:
+        for key in reader.keys():
+            tensor = reader.get(key)
+            new = rename_legacy_key(key)
+            if is_ignored_buffer(new):
+                dropped.append(f"{key} (buffer)")
+                continue
+            storage = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            if storage in seen and tensor.numel():
+                dropped.append(f"{key} (same tensor as {seen[storage]})")
+                continue
+            seen[storage] = new
+            if new != key:
+                renamed[key] = new
+            if new in state:
+                raise CheckpointError(f"{key} and another key both become {new!r}; this file mixes naming schemes")
+            state[new] = tensor.contiguous()
+    dst.mkdir(parents=True, exist_ok=True)
+    out = dst / SAFETENSORS_NAME
+    _write_atomic(out, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    with CheckpointReader([out]) as check:
+        for key, tensor in state.items():
+            if not torch.equal(check.get(key), tensor):
+                raise CheckpointError(f"{out}: tensor {key!r} did not read back equal; the disk may be full")
+    copied = []
+    if src.is_dir():
+        for item in sorted(folder.iterdir()):
+            if item.is_file() and not _is_weight_file(item.name):
+                shutil.copy2(item, dst / item.name)
+                copied.append(item.name)
+    return {"tensors": len(state), "renamed": renamed, "dropped": dropped, "copied": copied,
+            "bytes": out.stat().st_size, "path": out}
+
+
+def _is_weight_file(name: str) -> bool:
+    """Weights in any format (not copied beside a converted checkpoint)."""
+    return (name.startswith(("pytorch_model", "model.safetensors", "model-", "tf_model", "flax_model"))
+            or name.endswith((".bin", ".h5", ".msgpack", ".onnx", ".ot", ".safetensors", ".pt", ".pth")))

@@ -1,0 +1,423 @@
+"""Chapter 04: the BERT/RoBERTa encoder, step by step, built from ``course_lib.layers``.
+
+Hold ``transformers/models/roberta/modeling_roberta.py`` beside this file: the classes
+and attribute names are the same (``embeddings.word_embeddings``,
+``encoder.layer.N.attention.self.query``, ``intermediate.dense``, ``output.LayerNorm``,
+``lm_head.decoder`` ...), so a published checkpoint's keys are our parameter names.
+
+BERT and RoBERTa are one architecture. RoBERTa changed the *training* (more data, no
+next-sentence task, dynamic masking, a byte-level BPE vocabulary) and kept the network.
+What differs in code is small, and each difference is one class here:
+
+==========================  ===============================  ===============================
+                            BERT                             RoBERTa
+==========================  ===============================  ===============================
+position ids                0, 1, 2, ... for every token     padding_idx+1, +2, ...; pads
+                                                             keep padding_idx
+                                                             (``RobertaEmbeddings``)
+token types                 2 (sentence A / B)               1 (always 0)
+masked-LM head              ``cls.predictions.transform``    ``lm_head``, GELU fixed
+                            with ``hidden_act``
+checkpoint prefix           ``bert.``                        ``roberta.``
+==========================  ===============================  ===============================
+
+Shapes: B batch, T tokens, C hidden size, H heads, D = C / H head size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from course_lib.layers import (Dropout, Embedding, LayerNorm, Linear, activation, gelu, linear, merge_heads,
+                               padding_mask, scaled_dot_product_attention, split_heads)
+from course_lib.models.base import CourseModel, PretrainedConfig
+
+__all__ = [
+    "EncoderConfig", "bert_position_ids", "roberta_position_ids", "BertEmbeddings", "RobertaEmbeddings",
+    "SelfAttention", "SelfOutput", "Attention", "Intermediate", "Output", "Layer", "Encoder", "Pooler",
+    "BertModel", "RobertaModel", "BertLMHead", "RobertaLMHead", "BertForMaskedLM", "RobertaForMaskedLM",
+    "mean_pooling", "sentence_embeddings",
+]
+
+
+@dataclasses.dataclass
+class EncoderConfig(PretrainedConfig):
+    """``config.json`` of a BERT/RoBERTa checkpoint; defaults are ``transformers``' ``BertConfig``."""
+
+    model_type: str = "bert"
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+    tie_word_embeddings: bool = True
+
+    # RobertaConfig differs from BertConfig only in its special token ids
+    TYPE_DEFAULTS = {"roberta": {"pad_token_id": 1}, "xlm-roberta": {"pad_token_id": 1}}
+
+    def validate(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"config: hidden_size={self.hidden_size} is not divisible by "
+                             f"num_attention_heads={self.num_attention_heads}")
+        if self.position_embedding_type != "absolute":
+            raise ValueError(f"config: position_embedding_type={self.position_embedding_type!r} is not supported "
+                             "by the course's encoder (only 'absolute', which every checkpoint the course uses has)")
+        activation(self.hidden_act)  # raises a clear error for an unknown name
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+# --------------------------------------------------------------------------------------
+# Embeddings: the one place where BERT and RoBERTa compute something differently
+
+def bert_position_ids(input_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (1, T): 0, 1, ..., T-1 for every sequence (padding included)."""
+    return torch.arange(input_ids.size(1), device=input_ids.device).unsqueeze(0)  # (1, T)
+
+
+def roberta_position_ids(input_ids: torch.Tensor, padding_idx: int) -> torch.Tensor:
+    """(B, T) -> (B, T): real tokens count up from ``padding_idx + 1``; pads get ``padding_idx``.
+
+    fairseq, where RoBERTa was trained, reserved position ``padding_idx`` for pads and
+    numbered tokens after it; that is why roberta-base has 514 = 512 + 2 positions.
+    Counting only real tokens also makes a left-padded sequence get the same positions as
+    the unpadded one.
+    """
+    is_token = (input_ids != padding_idx).long()  # (B, T) 1 for tokens, 0 for pads
+    return torch.cumsum(is_token, dim=1) * is_token + padding_idx  # (B, T)
+
+
+class BertEmbeddings(nn.Module):
+    """token ids (B, T) -> vectors (B, T, C): word + position + token type, then LayerNorm, dropout."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        C = config.hidden_size
+        self.word_embeddings = Embedding(config.vocab_size, C, padding_idx=config.pad_token_id)
+        self.position_embeddings = Embedding(config.max_position_embeddings, C)
+        self.token_type_embeddings = Embedding(config.type_vocab_size, C)
+        self.LayerNorm = LayerNorm(C, eps=config.layer_norm_eps)  # capital L, N: the checkpoint's key
+        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.padding_idx = config.pad_token_id
+        self.max_positions = config.max_position_embeddings
+
+    def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return bert_position_ids(input_ids)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if position_ids is None:
+            position_ids = self.position_ids(input_ids)  # (B or 1, T)
+        if int(position_ids.max()) >= self.max_positions:
+            raise ValueError(f"the input has {input_ids.size(1)} tokens, more than this model's "
+                             f"{self.max_positions} positions allow: truncate it (encode_batch(..., max_length=...))")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)  # every token is "sentence A"
+        x = self.word_embeddings(input_ids)  # (B, T, C)
+        x = x + self.token_type_embeddings(token_type_ids)  # (B, T, C)
+        x = x + self.position_embeddings(position_ids)  # (B, T, C), broadcasts over B for BERT
+        return self.dropout(self.LayerNorm(x))
+
+
+class RobertaEmbeddings(BertEmbeddings):
+    """RoBERTa's embeddings: BERT's, except where position numbering starts (see ``roberta_position_ids``)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        # the position table has a (never trained) row for padding_idx, as in transformers
+        self.position_embeddings = Embedding(config.max_position_embeddings, config.hidden_size,
+                                             padding_idx=config.pad_token_id)
+
+    def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return roberta_position_ids(input_ids, self.padding_idx)
+
+
+# --------------------------------------------------------------------------------------
+# One encoder layer: attention block, then feed-forward block, each "post-LN":
+#     x = LayerNorm(x + dropout(sublayer(x)))
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention without its output projection (that is ``SelfOutput.dense``)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        C = config.hidden_size
+        self.num_attention_heads = config.num_attention_heads
+        self.query = Linear(C, C)
+        self.key = Linear(C, C)
+        self.value = Linear(C, C)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None,
+                return_weights: bool = False):
+        """hidden_states (B, T, C), mask bool (B, 1, 1, T) True = attend -> (B, T, C) [, weights (B, H, T, T)]."""
+        H = self.num_attention_heads
+        q = split_heads(self.query(hidden_states), H)  # (B, H, T, D)
+        k = split_heads(self.key(hidden_states), H)  # (B, H, T, D)
+        v = split_heads(self.value(hidden_states), H)  # (B, H, T, D)
+        y, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p=self.dropout_p,
+                                                  training=self.training, return_weights=True)
+        y = merge_heads(y)  # (B, T, C)
+        return (y, weights) if return_weights else y
+
+
+class SelfOutput(nn.Module):
+    """Output projection of attention + dropout + residual + LayerNorm."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(input_tensor + self.dropout(self.dense(hidden_states)))  # (B, T, C)
+
+
+class Attention(nn.Module):
+    """The attention block: ``self`` (the heads) then ``output`` (projection, residual, norm)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.self = SelfAttention(config)  # `self.self`: odd in Python, but it is the checkpoint's key
+        self.output = SelfOutput(config)
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.output(self.self(hidden_states, mask), hidden_states)
+
+
+class Intermediate(nn.Module):
+    """First half of the feed-forward block: widen C -> intermediate_size (4C) and apply the activation."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.dense = Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = activation(config.hidden_act)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))  # (B, T, 4C)
+
+
+class Output(nn.Module):
+    """Second half of the feed-forward block: back to C, dropout, residual, LayerNorm."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.dense = Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(input_tensor + self.dropout(self.dense(hidden_states)))  # (B, T, C)
+
+
+class Layer(nn.Module):
+    """One encoder layer: attention block, then feed-forward block (intermediate + output)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.attention = Attention(config)
+        self.intermediate = Intermediate(config)
+        self.output = Output(config)
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        attention_output = self.attention(hidden_states, mask)  # (B, T, C)
+        return self.output(self.intermediate(attention_output), attention_output)  # (B, T, C)
+
+
+class Encoder(nn.Module):
+    """``num_hidden_layers`` layers applied in turn (keys ``encoder.layer.0`` ... ``encoder.layer.N-1``)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layer:
+            hidden_states = layer(hidden_states, mask)
+        return hidden_states
+
+
+class Pooler(nn.Module):
+    """The first token's ([CLS] / <s>) final vector through dense + tanh: (B, T, C) -> (B, C).
+
+    Trained for BERT's next-sentence task; sentence-transformers use mean pooling instead.
+    """
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.dense = Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))  # (B, C)
+
+
+# --------------------------------------------------------------------------------------
+# The bare models: token ids -> one vector per token
+
+class BertModel(CourseModel):
+    """token ids (B, T) -> hidden states (B, T, C). ``pooler`` only when the checkpoint has one."""
+
+    embeddings_class = BertEmbeddings
+    base_model_prefix = "bert"
+    unused_checkpoint_prefixes = ("cls.", "lm_head.", "classifier.", "qa_outputs.")
+
+    def __init__(self, config: EncoderConfig, add_pooling_layer: bool = False):
+        super().__init__(config)
+        self.embeddings = self.embeddings_class(config)
+        self.encoder = Encoder(config)
+        self.pooler = Pooler(config) if add_pooling_layer else None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) int64; attention_mask (B, T), 1 = token, 0 = padding -> (B, T, C)."""
+        mask = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, T) bool
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, C)
+        return self.encoder(hidden_states, mask)  # (B, T, C)
+
+
+class RobertaModel(BertModel):
+    """RoBERTa = BERT with ``RobertaEmbeddings`` (and the ``roberta.`` prefix in checkpoints)."""
+
+    embeddings_class = RobertaEmbeddings
+    base_model_prefix = "roberta"
+
+
+# --------------------------------------------------------------------------------------
+# Masked-LM heads: hidden states -> a score for every vocabulary entry at every position
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = activation(config.hidden_act)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))  # (B, T, C)
+
+
+class BertLMPredictionHead(nn.Module):
+    """transform, then ``decoder`` (the word embeddings, tied) + a bias per vocabulary entry."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = Linear(config.hidden_size, config.vocab_size, bias=False)  # weight tied to word_embeddings
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return linear(self.transform(hidden_states), self.decoder.weight, self.bias)  # (B, T, V)
+
+
+class BertLMHead(nn.Module):
+    """``cls.predictions``: the extra ``cls`` level is where BERT's next-sentence head also lived."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.predictions(hidden_states)
+
+
+class RobertaLMHead(nn.Module):
+    """``lm_head``: dense, GELU (always exact GELU, whatever hidden_act says), layer_norm, decoder + bias."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.layer_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = Linear(config.hidden_size, config.vocab_size, bias=False)  # weight tied to word_embeddings
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = self.layer_norm(gelu(self.dense(hidden_states)))  # (B, T, C)
+        return linear(x, self.decoder.weight, self.bias)  # (B, T, V)
+
+
+class BertForMaskedLM(CourseModel):
+    """token ids (B, T) -> masked-LM logits (B, T, V)."""
+
+    base_model_prefix = "bert"
+    tied_weights = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+    key_aliases = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
+    unused_checkpoint_prefixes = ("cls.seq_relationship.", "bert.pooler.")
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = BertLMHead(config)
+        self.tie_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.cls(self.bert(input_ids, attention_mask, token_type_ids, position_ids))  # (B, T, V)
+
+
+class RobertaForMaskedLM(CourseModel):
+    """token ids (B, T) -> masked-LM logits (B, T, V)."""
+
+    base_model_prefix = "roberta"
+    tied_weights = {"lm_head.decoder.weight": "roberta.embeddings.word_embeddings.weight"}
+    key_aliases = {"lm_head.decoder.bias": "lm_head.bias"}
+    unused_checkpoint_prefixes = ("roberta.pooler.",)
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.roberta = RobertaModel(config)
+        self.lm_head = RobertaLMHead(config)
+        self.tie_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.lm_head(self.roberta(input_ids, attention_mask, token_type_ids, position_ids))  # (B, T, V)
+
+
+# --------------------------------------------------------------------------------------
+# Sentence embeddings
+
+def mean_pooling(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the token vectors, padding excluded: (B, T, C), (B, T) -> (B, C).
+
+    The recipe of sentence-transformers (all-MiniLM-L6-v2's ``1_Pooling`` config).
+    """
+    weights = attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # (B, T, 1)
+    summed = (hidden_states * weights).sum(dim=1)  # (B, C)
+    counts = weights.sum(dim=1).clamp(min=1e-9)  # (B, 1), never 0
+    return summed / counts
+
+
+@torch.no_grad()
+def sentence_embeddings(model: BertModel, tokenizer, sentences: list[str], normalize: bool = True,
+                        max_length: int | None = 256, batch_size: int = 32) -> torch.Tensor:
+    """Sentences -> (N, C) embeddings: tokenize, encode, mean-pool, L2-normalise (so dot = cosine).
+
+    ``max_length`` 256 is all-MiniLM-L6-v2's ``max_seq_length``.
+    """
+    from course_lib.tokenizer_loading import encode_batch
+
+    device = next(model.parameters()).device
+    chunks = []
+    for start in range(0, len(sentences), batch_size):
+        batch = encode_batch(tokenizer, sentences[start:start + batch_size], max_length=max_length)
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        pooled = mean_pooling(model(ids, mask), mask)  # (b, C)
+        if normalize:
+            pooled = pooled / pooled.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        chunks.append(pooled)
+    return torch.cat(chunks)
