@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -169,7 +170,20 @@ def _open_safetensors(path: Path):
     except Exception as err:  # noqa: BLE001 - SafetensorError, OSError
         raise CorruptCheckpointError(
             f"{path} is not a readable safetensors file ({err}). It is probably truncated (an interrupted "
-            f"download or copy) or not a safetensors file at all; {_REDOWNLOAD}") from err
+            f"download or copy) or not a safetensors file at all{_lfs_hint(path)}; {_REDOWNLOAD}") from err
+
+
+def _lfs_hint(path: Path) -> str:
+    """A note when ``path`` is a Git LFS pointer (a repository cloned without git-lfs), else ''."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(64)
+    except OSError:
+        return ""
+    if start.startswith(b"version https://git-lfs"):
+        return (": it is a Git LFS pointer (a few lines of text), not the weights: the repository was cloned "
+                "without git-lfs (`git lfs install && git lfs pull` fetches them)")
+    return ""
 
 
 def _open_bin(path: Path) -> dict:
@@ -184,20 +198,44 @@ def _open_bin(path: Path) -> dict:
                 raise
             state = load(mmap=False)  # an old (pre-zip) torch.save file: cannot be memory-mapped
     except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err):  # not a request for a Python object: bytes the safe loader cannot parse
+            raise CorruptCheckpointError(
+                f"{path} is not a readable PyTorch checkpoint: the safe loader cannot parse it "
+                f"({_refusal_reason(err)}; nothing was executed). It is damaged or not a checkpoint at all"
+                f"{_lfs_hint(path)}; {_REDOWNLOAD}") from err
         raise UnsafeCheckpointError(
             f"refused to load {path}: it is a pickle that asks to import or call Python objects, not just "
-            f"tensors, and loading it could run code. Nothing from it was executed. Use the model's "
-            f"{SAFETENSORS_NAME} instead; if you made this file yourself and trust it, convert it with "
-            f"`python -m course_lib.convert`. (torch said: {str(err).splitlines()[0]})") from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+            f"tensors, and loading it could run code ({_refusal_reason(err)}). Nothing from it was executed. "
+            f"Use the model's {SAFETENSORS_NAME} instead; if you made this file yourself and trust it, load it "
+            f"with torch.load(weights_only=False) and save model.state_dict() again") from err
+    except Exception as err:  # noqa: BLE001 - a damaged file makes torch.load fail in many ways
+        # (RuntimeError, OSError, EOFError, KeyError, ... depending on where the bytes stop making sense)
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "the file ends too early"
         raise CorruptCheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            f"It is probably truncated or damaged; {_REDOWNLOAD}") from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        kind = type(state).__name__ if not isinstance(state, dict) else "a dict with non-tensor values"
-        raise CheckpointError(f"{path} holds {kind}, not a flat {{name: tensor}} state dict as the Hub layout "
-                              f"has; if it is a training checkpoint, save model.state_dict() instead")
+            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {detail}). "
+            f"It is probably truncated or damaged{_lfs_hint(path)}; {_REDOWNLOAD}") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a {{name: tensor}} state dict as the "
+                              f"Hub layout has; save model.state_dict() instead")
+    others = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if others:
+        nested = [k for k in others if isinstance(state[k], dict)
+                  and state[k] and all(isinstance(v, torch.Tensor) for v in state[k].values())]
+        hint = (f"it looks like a training checkpoint: the weights are probably under {nested[0]!r}; save "
+                f"torch.load(...)[{nested[0]!r}] on its own" if nested else "save model.state_dict() instead")
+        raise CheckpointError(f"{path} is not a flat {{name: tensor}} state dict as the Hub layout has: its "
+                              f"entries {', '.join(map(repr, others[:5]))} are not tensors; {hint}")
     return state
+
+
+def _refusal_reason(err: pickle.UnpicklingError) -> str:
+    """The part of torch's weights_only refusal that says what the pickle asked for."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours part of its message
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it asks for {found.group(1)}"
+    found = re.search(r"Unsupported[^\n]*", text)  # e.g. "Unsupported operand 149"
+    return found.group(0).strip() if found else "torch's weights_only loader refused it"
 
 
 # --------------------------------------------------------------------------------------
@@ -331,9 +369,13 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
     Each tensor is shape-checked, converted to ``dtype`` (floating-point tensors only) and
     moved to ``device`` as it is read, then *replaces* the model's parameter: the model
     may have been built on the ``meta`` device (no memory, no random init), so loading
-    allocates each parameter exactly once.
+    allocates each parameter exactly once. Keys in ``report.mismatched`` are left as they
+    are (strict loading refuses them before this; ``strict=False`` keeps their random init).
     """
+    mismatched = {ours for ours, *_ in report.mismatched}
     for ours, key in report.loaded.items():
+        if ours in mismatched:
+            continue
         tensor = reader.get(key)
         expected = tuple(model.get_parameter(ours).shape if _is_param(model, ours) else model.get_buffer(ours).shape)
         if tuple(tensor.shape) != expected:  # match_keys checked the header; this checks the data
@@ -418,6 +460,9 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     from safetensors.torch import save_file
 
     src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise FileNotFoundError(f"{src} does not exist: pass a model folder (with {BIN_NAME} or {BIN_INDEX}) "
+                                f"or a .bin file")
     if src.is_file():
         folder, files = src.parent, [src]
     else:

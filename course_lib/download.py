@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"==> {model}", flush=True)
         try:
             folder = download(model, cache_dir, args.revision)
-        except (hub.HubError, OSError) as err:
+        except (hub.HubError, OSError, ValueError) as err:  # ValueError: CheckpointError, no weights in the repo
             print(f"    FAILED: {err}", file=sys.stderr, flush=True)
             failed.append(model)
             continue

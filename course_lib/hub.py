@@ -125,10 +125,10 @@ def _local_folder(path: Path) -> Path:
 
 def _prefetch_hint(repo_id: str, revision: str | None) -> str:
     rev = f" --revision {revision}" if revision else ""
-    return (f"on a machine with network, run `hf download {repo_id}{rev}` (older huggingface_hub: "
-            f"`huggingface-cli download {repo_id}{rev}`) and copy its cache folder here, then point "
-            f"HF_HOME at the copy (the folder that holds hub/); or download the files into a folder and "
-            f"pass that folder instead of the model id")
+    return (f"on a machine with network, run `python -m course_lib.download {repo_id}{rev} --to DIR` and copy DIR "
+            f"here, or run `hf download {repo_id}{rev}` (older huggingface_hub: `huggingface-cli download "
+            f"{repo_id}{rev}`) and copy its cache folder here; then point HF_HOME at the copy (the folder that "
+            f"holds hub/). Or download the files into a folder and pass that folder instead of the model id")
 
 
 def fetch_snapshot(repo_id: str, revision: str | None, patterns: list[str], cache_dir: Path,

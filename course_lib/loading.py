@@ -23,7 +23,7 @@ import torch
 from course_lib import hub
 from course_lib.checkpoint import (BIN_FILES, CheckpointError, CheckpointReader, StateDictMismatchError,
                                    check_fully_loaded, load_state, match_keys, weight_files)
-from course_lib.models import CourseModel, PretrainedConfig, config_from_dict, model_class
+from course_lib.models import TASKS, CourseModel, PretrainedConfig, config_from_dict, model_class
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16}
@@ -45,8 +45,11 @@ def read_config(folder: str | os.PathLike) -> PretrainedConfig:
     return config_from_dict(values, where=str(path))
 
 
-def resolve_dtype(dtype, config: PretrainedConfig) -> torch.dtype | None:
-    """``None`` -> float32 (as ``transformers``); ``"auto"`` -> the dtype config.json records; names or torch dtypes."""
+def resolve_dtype(dtype, config: PretrainedConfig | None) -> torch.dtype:
+    """``None`` -> float32 (as ``transformers``); ``"auto"`` -> the dtype config.json records; names or torch dtypes.
+
+    ``config`` is only read for ``"auto"``; any other value is checked without it.
+    """
     if dtype is None:
         return torch.float32
     if dtype == "auto":
@@ -59,7 +62,7 @@ def resolve_dtype(dtype, config: PretrainedConfig) -> torch.dtype | None:
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.removeprefix("torch.")]
     raise ValueError(f"dtype={dtype!r} is not supported: use None, 'auto', 'float32', 'float16', 'bfloat16' "
-                     f"or a torch dtype")
+                     f"or a torch dtype; for integer weights use quantize='int8' or 'int4'")
 
 
 def model_folder(src: str | os.PathLike, revision: str | None = None) -> Path:
@@ -97,6 +100,10 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
     if quantize is not None:
         raise NotImplementedError(f"quantize={quantize!r}: quantization while loading arrives with chapter 07; "
                                   f"load with quantize=None for now")
+    if task not in TASKS:  # checked before anything is downloaded
+        raise ValueError(f"task={task!r} is not one of {', '.join(map(repr, TASKS))}")
+    if dtype != "auto":
+        resolve_dtype(dtype, None)  # raises for a bad dtype before anything is downloaded
     folder = model_folder(src, revision)
     config = read_config(folder)
     dtype = resolve_dtype(dtype, config)

@@ -158,3 +158,22 @@ def plot_token_lengths(lengths: dict[str, Sequence[int]], bins: int = 30, xlabel
     ax.set_ylabel("lines")
     ax.legend()
     fig.tight_layout()
+
+
+def plot_similarity(matrix, labels: Sequence[str], title: str = "cosine similarity"):
+    """Chapter 04: a symmetric similarity matrix as a heatmap, values written in the cells.
+    Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(labels), 0.6 + 0.6 * len(labels)))
+    image = ax.imshow(m, cmap="viridis", vmin=min(0.0, m.min()), vmax=1.0)
+    for (r, c), value in np.ndenumerate(m):
+        ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                color="black" if value > 0.6 else "white")
+    short = [label if len(label) <= 28 else label[:26] + "…" for label in labels]
+    ax.set_xticks(range(len(labels)), range(len(labels)))
+    ax.set_yticks(range(len(labels)), [f"{i}: {s}" for i, s in enumerate(short)], fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()

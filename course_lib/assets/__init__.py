@@ -47,6 +47,13 @@ ASSETS: dict[str, Asset] = {
         install="it ships inside course_lib; reinstall the course: pip install -e .",
         must_contain=("train.txt", "heldout.txt", "LICENSE.txt", "README.md"),
     ),
+    "minilm-reference": Asset(
+        name="minilm-reference",
+        what="activations of transformers' BertModel on all-MiniLM-L6-v2 for two sentences (chapter 04 compares with them)",
+        package=None,
+        install="it ships inside course_lib; reinstall the course: pip install -e .",
+        must_contain=("activations.safetensors", "README.md"),
+    ),
 }
 
 
@@ -60,3 +67,13 @@ def asset_path(name: str) -> Path:
     if missing:
         raise FileNotFoundError(f"offline asset {name!r} in {folder} lacks {', '.join(missing)}: reinstall it: {asset.install}")
     return folder
+
+
+def reference_activations() -> tuple[dict, list[str]]:
+    """The ``minilm-reference`` tensors by name, and the sentences they were computed for."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(asset_path("minilm-reference") / "activations.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["sentences"])
