@@ -64,17 +64,21 @@ class EncoderConfig(PretrainedConfig):
     position_embedding_type: str = "absolute"
     tie_word_embeddings: bool = True
 
-    # RobertaConfig differs from BertConfig only in its special token ids
-    TYPE_DEFAULTS = {"roberta": {"pad_token_id": 1}, "xlm-roberta": {"pad_token_id": 1}}
+    # RobertaConfig differs from BertConfig only in its special token ids and vocabulary size
+    # (XLMRobertaConfig keeps BERT's vocab_size default)
+    TYPE_DEFAULTS = {"roberta": {"pad_token_id": 1, "vocab_size": 50265}, "xlm-roberta": {"pad_token_id": 1}}
 
     def validate(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"config: hidden_size={self.hidden_size} is not divisible by "
+        if self.num_attention_heads < 1 or self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
                              f"num_attention_heads={self.num_attention_heads}")
         if self.position_embedding_type != "absolute":
-            raise ValueError(f"config: position_embedding_type={self.position_embedding_type!r} is not supported "
+            raise ValueError(f"position_embedding_type={self.position_embedding_type!r} is not supported "
                              "by the course's encoder (only 'absolute', which every checkpoint the course uses has)")
-        activation(self.hidden_act)  # raises a clear error for an unknown name
+        try:
+            activation(self.hidden_act)
+        except ValueError as err:
+            raise ValueError(f"hidden_act: {err}") from None
 
     @property
     def head_dim(self) -> int:
@@ -118,13 +122,19 @@ class BertEmbeddings(nn.Module):
     def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return bert_position_ids(input_ids)
 
+    @property
+    def max_tokens(self) -> int:
+        """The longest input the position table covers (BERT: all its rows)."""
+        return self.max_positions
+
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
         if position_ids is None:
             position_ids = self.position_ids(input_ids)  # (B or 1, T)
         if int(position_ids.max()) >= self.max_positions:
-            raise ValueError(f"the input has {input_ids.size(1)} tokens, more than this model's "
-                             f"{self.max_positions} positions allow: truncate it (encode_batch(..., max_length=...))")
+            raise ValueError(f"the input has {input_ids.size(1)} tokens, more than the {self.max_tokens} this "
+                             f"model's {self.max_positions} position embeddings allow: truncate it "
+                             f"(encode_batch(..., max_length={self.max_tokens}))")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)  # every token is "sentence A"
         x = self.word_embeddings(input_ids)  # (B, T, C)
@@ -144,6 +154,11 @@ class RobertaEmbeddings(BertEmbeddings):
 
     def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return roberta_position_ids(input_ids, self.padding_idx)
+
+    @property
+    def max_tokens(self) -> int:
+        """Rows 0..padding_idx are never a token's position: roberta-base's 514 rows hold 512 tokens."""
+        return self.max_positions - self.padding_idx - 1
 
 
 # --------------------------------------------------------------------------------------
