@@ -477,7 +477,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
             if is_ignored_buffer(new):
                 dropped.append(f"{key} (buffer)")
                 continue
-            storage = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            storage = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
             if storage in seen and tensor.numel():
                 dropped.append(f"{key} (same tensor as {seen[storage]})")
                 continue

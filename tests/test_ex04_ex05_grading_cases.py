@@ -1,0 +1,473 @@
+"""The ex04 and ex05 checks have teeth: solutions pass, typical wrong answers fail.
+
+Each wrong answer is a mistake a learner is likely to make, or a call of the answer key
+(``course_lib.models.encoder``, ``course_lib.checkpoint``) that the checks switch off. Every
+one must be caught for several seeds: with a GradeError, or, for the few marked "(raises)",
+by an exception from the wrong answer itself (the grader reports those as "raised an error",
+0 points).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import operator
+from functools import reduce
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.grading import registry
+from course_lib.grading.registry import GradeError
+from course_lib.paths import course_root
+
+SEEDS = range(3)
+FILES = {"ex04": "ex04_roberta.py", "ex05": "ex05_loading.py"}
+HAS_SOLUTIONS = all((course_root() / "solutions" / f).exists() for f in FILES.values())
+
+
+def load(folder: str, chapter: str):
+    path = course_root() / folder / FILES[chapter]
+    spec = importlib.util.spec_from_file_location(f"{chapter}_{folder}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def checks(chapter: str):
+    return {ex.function: ex for ex in registry.load_chapter(chapter)}
+
+
+@pytest.mark.skipif(not HAS_SOLUTIONS, reason="a learner hand-out has no solutions/")
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("key", [f"{c}.{f}" for c in FILES for f in checks(c)])
+def test_solution_passes(key, seed):
+    chapter, name = key.split(".")
+    checks(chapter)[name].grade(getattr(load("solutions", chapter), name), np.random.default_rng(seed))
+
+
+# ----------------------------------------------------------------------------- ex04
+
+def _split(x, h, transpose=True):
+    B, T, C = x.shape
+    return x.view(B, T, h, C // h).transpose(1, 2) if transpose else x.reshape(B, h, T, C // h)
+
+
+def _merge(x, transpose=True):
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * D) if transpose else x.reshape(B, T, H * D)
+
+
+def _additive(mask, dtype=torch.float32):
+    return torch.zeros(mask.shape[0], 1, 1, mask.shape[1], dtype=dtype).masked_fill(
+        (mask == 0)[:, None, None, :], torch.finfo(dtype).min)
+
+
+def _probs(q, k, h, mask=None, transpose=True, scale="D", dim=-1, use_mask=True):
+    qh, kh = _split(q, h, transpose), _split(k, h, transpose)
+    scores = qh @ kh.transpose(-2, -1)
+    if scale == "D":
+        scores = scores / math.sqrt(q.shape[-1] // h)
+    elif scale == "C":
+        scores = scores / math.sqrt(q.shape[-1])
+    if mask is not None and use_mask:
+        scores = scores + mask
+    return torch.softmax(scores, dim=dim)
+
+
+def _self_attention(transpose_w=True, bias=True, scale="D", swap_qk=False, merge_transpose=True,
+                    use_mask=True, mask_queries=False):
+    def self_attention(x, w, h, attention_mask=None):
+        def proj(name):
+            weight = w[f"{name}.weight"]
+            y = x @ (weight.T if transpose_w else weight)
+            return y + w[f"{name}.bias"] if bias else y
+        q, k, v = proj("query"), proj("key"), proj("value")
+        if swap_qk:
+            q, k = k, q
+        mask = None
+        if attention_mask is not None and use_mask:
+            mask = _additive(attention_mask)
+            if mask_queries:
+                mask = mask.transpose(-1, -2)
+        probs = _probs(q, k, h, mask, scale=scale)
+        return _merge(probs @ _split(v, h), merge_transpose)
+    return self_attention
+
+
+def _ln(y, w, b, eps):
+    return F.layer_norm(y, (y.shape[-1],), w, b, eps)
+
+
+def _feed_forward(act=F.gelu, residual="before", fixed_eps=None):
+    def feed_forward(x, w, eps):
+        eps = fixed_eps if fixed_eps is not None else eps
+        lw, lb = w["output.LayerNorm.weight"], w["output.LayerNorm.bias"]
+
+        def f(z):
+            return act(z @ w["intermediate.dense.weight"].T + w["intermediate.dense.bias"]) @ \
+                w["output.dense.weight"].T + w["output.dense.bias"]
+        if residual == "before":
+            return _ln(x + f(x), lw, lb, eps)
+        if residual == "none":
+            return _ln(f(x), lw, lb, eps)
+        if residual == "after":
+            return x + _ln(f(x), lw, lb, eps)
+        return x + f(_ln(x, lw, lb, eps))  # "pre-LN"
+    return feed_forward
+
+
+def _encoder_layer(out_proj=True, ffn_residual="a", attn_norm=True, swap_norms=False, use_mask=True):
+    def encoder_layer(x, w, h, eps, attention_mask=None):
+        attn = {k.removeprefix("attention.self."): v for k, v in w.items() if k.startswith("attention.self.")}
+        a = _self_attention()(x, attn, h, attention_mask if use_mask else None)
+        if out_proj:
+            a = a @ w["attention.output.dense.weight"].T + w["attention.output.dense.bias"]
+        n1, n2 = "attention.output.LayerNorm", "output.LayerNorm"
+        if swap_norms:
+            n1, n2 = n2, n1
+        a = _ln(x + a, w[f"{n1}.weight"], w[f"{n1}.bias"], eps) if attn_norm else x + a
+        h_out = a @ w["intermediate.dense.weight"].T + w["intermediate.dense.bias"]
+        h_out = F.gelu(h_out) @ w["output.dense.weight"].T + w["output.dense.bias"]
+        residual = a if ffn_residual == "a" else x
+        return _ln(residual + h_out, w[f"{n2}.weight"], w[f"{n2}.bias"], eps)
+    return encoder_layer
+
+
+def _answer_key_self_attention(x, w, h, attention_mask=None):
+    from course_lib import layers
+    from course_lib.models import encoder
+
+    module = encoder.SelfAttention(encoder.EncoderConfig(hidden_size=x.shape[-1], num_attention_heads=h))
+    module.load_state_dict(w)
+    return module.eval()(x, None if attention_mask is None else layers.padding_mask(attention_mask))
+
+
+def _answer_key_layer(x, w, h, eps, attention_mask=None):
+    from course_lib import layers
+    from course_lib.models import encoder
+
+    config = encoder.EncoderConfig(hidden_size=x.shape[-1], num_attention_heads=h, layer_norm_eps=eps,
+                                   intermediate_size=w["intermediate.dense.weight"].shape[0])
+    module = encoder.Layer(config)
+    module.load_state_dict(w)
+    return module.eval()(x, None if attention_mask is None else layers.padding_mask(attention_mask))
+
+
+def _answer_key_mean_pooling(h, m):
+    from course_lib.models import encoder
+
+    return encoder.mean_pooling(h, m)
+
+
+def _positions_arange(ids, p):
+    return (torch.arange(ids.shape[1]) + p + 1).expand_as(ids)
+
+
+def _positions_right_padding_only(ids, p):
+    return torch.where(ids != p, torch.arange(ids.shape[1]) + p + 1, torch.full_like(ids, p))
+
+
+def _mean(hidden, mask, exclude=True, divide="tokens", clamp=True):
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * m).sum(1) if exclude else hidden.sum(1)
+    if divide == "T":
+        return summed / hidden.shape[1]
+    if divide == "none":
+        return summed
+    count = m.sum(1)
+    return summed / (count.clamp(min=1e-9) if clamp else count)
+
+
+EX04_WRONG = {
+    "roberta_position_ids": {
+        "tokens count from 0": lambda ids, p: ((ids != p).long().cumsum(1) - 1) * (ids != p).long() + p * (ids == p).long(),
+        "tokens count from padding_idx, not padding_idx + 1": lambda ids, p: ((ids != p).long().cumsum(1) + p - 1) * (ids != p).long() + p * (ids == p).long(),
+        "arange + padding_idx + 1 for pads too": _positions_arange,
+        "pads get 0": lambda ids, p: ((ids != p).long().cumsum(1) + p) * (ids != p).long(),
+        "arange: right padding only": _positions_right_padding_only,
+        "padding_idx hard-coded to 1": lambda ids, p: (ids != 1).long().cumsum(1) * (ids != 1).long() + 1,
+        "float result": lambda ids, p: ((ids != p).long().cumsum(1) * (ids != p).long() + p).float(),
+        "answer key": lambda ids, p: __import__("course_lib.models.encoder", fromlist=["x"]).roberta_position_ids(ids, p),
+    },
+    "extended_attention_mask": {
+        "1/0 mask": lambda m, dt: m[:, None, None, :].to(dt),
+        "shape (B, T)": lambda m, dt: torch.zeros(m.shape, dtype=dt).masked_fill(m == 0, torch.finfo(dt).min),
+        "-inf": lambda m, dt: torch.zeros(m.shape[0], 1, 1, m.shape[1], dtype=dt).masked_fill((m == 0)[:, None, None, :], float("-inf")),
+        "-10000 (old transformers)": lambda m, dt: (1.0 - m[:, None, None, :].to(dt)) * -10000.0,
+        "float32's min for every dtype": lambda m, dt: _additive(m, torch.float32).to(dt),
+        "inverted": lambda m, dt: torch.zeros(m.shape[0], 1, 1, m.shape[1], dtype=dt).masked_fill((m != 0)[:, None, None, :], torch.finfo(dt).min),
+        "bool mask": lambda m, dt: (m != 0)[:, None, None, :],
+    },
+    "attention_probs": {
+        "heads split without transpose": lambda q, k, h, m=None: _probs(q, k, h, m, transpose=False),
+        "no 1/sqrt(D) scale": lambda q, k, h, m=None: _probs(q, k, h, m, scale=None),
+        "scaled by sqrt(C), not sqrt(D)": lambda q, k, h, m=None: _probs(q, k, h, m, scale="C"),
+        "softmax over the queries": lambda q, k, h, m=None: _probs(q, k, h, m, dim=-2),
+        "mask ignored": lambda q, k, h, m=None: _probs(q, k, h, m, use_mask=False),
+    },
+    "self_attention": {
+        "x @ W instead of x @ W.T": _self_attention(transpose_w=False),
+        "biases forgotten": _self_attention(bias=False),
+        "no 1/sqrt(D) scale": _self_attention(scale=None),
+        "query and key swapped": _self_attention(swap_qk=True),
+        "heads merged without transpose": _self_attention(merge_transpose=False),
+        "mask ignored": _self_attention(use_mask=False),
+        "mask on the queries, not the keys": _self_attention(mask_queries=True),
+        "answer key": _answer_key_self_attention,
+    },
+    "feed_forward": {
+        "tanh GELU": _feed_forward(act=lambda z: F.gelu(z, approximate="tanh")),
+        "ReLU": _feed_forward(act=F.relu),
+        "no residual": _feed_forward(residual="none"),
+        "residual after the norm": _feed_forward(residual="after"),
+        "pre-LN": _feed_forward(residual="pre"),
+        "eps ignored (always 1e-12)": _feed_forward(fixed_eps=1e-12),
+    },
+    "encoder_layer": {
+        "no attention output projection": _encoder_layer(out_proj=False),
+        "feed-forward residual from the layer input": _encoder_layer(ffn_residual="x"),
+        "attention LayerNorm skipped": _encoder_layer(attn_norm=False),
+        "the two LayerNorms swapped": _encoder_layer(swap_norms=True),
+        "mask ignored": _encoder_layer(use_mask=False),
+        "answer key": _answer_key_layer,
+    },
+    "mean_pooling": {
+        "pads included": lambda h, m: h.mean(1),
+        "divides by T": lambda h, m: _mean(h, m, divide="T"),
+        "sum, not mean": lambda h, m: _mean(h, m, divide="none"),
+        "NaN for a row of padding": lambda h, m: _mean(h, m, clamp=False),
+        "answer key": _answer_key_mean_pooling,
+    },
+}
+
+
+# ----------------------------------------------------------------------------- ex05
+
+def _rename(key, names=("gamma", "beta"), case_insensitive=False):
+    module, dot, name = key.rpartition(".")
+    look = name.lower() if case_insensitive else name
+    new = {"gamma": "weight", "beta": "bias"}
+    if look in names and dot:
+        return f"{module}.{new[look]}"
+    return key
+
+
+def _rename_endswith(key):
+    if key.endswith("gamma"):
+        return key[:-5] + "weight"
+    if key.endswith("beta"):
+        return key[:-4] + "bias"
+    return key
+
+
+BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids", "attn.bias", "attn.masked_bias")
+
+
+def _normalize(strip="start", buffers="suffix", rename=True, inverted=False):
+    def normalize_keys(keys, prefix):
+        out = {}
+        for key in keys:
+            new = _rename(key) if rename else key
+            if buffers == "suffix" and any(new == b or new.endswith("." + b) for b in BUFFERS):
+                continue
+            if buffers == "substring" and any(b in new for b in BUFFERS):
+                continue
+            if buffers == "endswith" and any(new.endswith(b) for b in BUFFERS):
+                continue
+            if strip == "start":
+                new = new[len(prefix) + 1:] if new.startswith(prefix + ".") else new
+            elif strip == "lstrip":
+                new = new.lstrip(prefix + ".")
+            elif strip == "replace":
+                new = new.replace(prefix + ".", "")
+            elif strip == "no dot":
+                new = new[len(prefix) + 1:] if new.startswith(prefix) else new
+            out[key] = new
+        return {v: k for k, v in out.items()} if inverted else out
+    return normalize_keys
+
+
+def _diff(sort=True, swap=False, mismatched=True, numel=False, mismatched_missing=False, shape_order="model"):
+    def state_dict_diff(model, ckpt):
+        order = sorted if sort else list
+        missing = order([k for k in model if k not in ckpt])
+        unexpected = order([k for k in ckpt if k not in model])
+        bad = []
+        for k in order([k for k in model if k in ckpt]):
+            a, b = tuple(model[k]), tuple(ckpt[k])
+            differ = math.prod(a) != math.prod(b) if numel else a != b
+            if differ:
+                bad.append((k, a, b) if shape_order == "model" else (k, b, a))
+        if mismatched_missing:
+            missing = order(missing + [k for k, _, _ in bad])
+        if swap:
+            missing, unexpected = unexpected, missing
+        return {"missing": missing, "unexpected": unexpected, "mismatched": bad if mismatched else []}
+    return state_dict_diff
+
+
+def _header(length="little8", metadata=False, absolute=False, dtype_names=None, end_as_length=False):
+    def read_safetensors_header(data):
+        if length == "little8":
+            n = int.from_bytes(data[:8], "little")
+        elif length == "big8":
+            n = int.from_bytes(data[:8], "big")
+        else:  # "little4"
+            n = int.from_bytes(data[:4], "little")
+        start_of_header = 4 if length == "little4" else 8
+        header = json.loads(data[start_of_header:start_of_header + n])
+        out = {}
+        for name, entry in header.items():
+            if name == "__metadata__" and not metadata:
+                continue
+            if name == "__metadata__":
+                out[name] = entry
+                continue
+            start, end = entry["data_offsets"]
+            if absolute:
+                start, end = start + 8 + n, end + 8 + n
+            if end_as_length:
+                end = end - start
+            dtype = dtype_names.get(entry["dtype"], entry["dtype"]) if dtype_names else entry["dtype"]
+            out[name] = (dtype, list(entry["shape"]), (start, end))
+        return out
+    return read_safetensors_header
+
+
+SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+TORCH_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _groups(where, skip_empty=True, singletons=False, sort=True):
+    def tied_groups(state):
+        groups = {}
+        for key, t in state.items():
+            if skip_empty and t.numel() == 0:
+                continue
+            groups.setdefault(where(t), []).append(key)
+        found = [sorted(g) if sort else g for g in groups.values() if singletons or len(g) > 1]
+        return sorted(found) if sort else found
+    return tied_groups
+
+
+def _same_values(state):
+    keys, groups = list(state), []
+    seen = set()
+    for i, a in enumerate(keys):
+        if a in seen or state[a].numel() == 0:
+            continue
+        group = [a] + [b for b in keys[i + 1:] if state[b].shape == state[a].shape and torch.equal(state[a], state[b])]
+        seen.update(group)
+        if len(group) > 1:
+            groups.append(sorted(group))
+    return sorted(groups)
+
+
+def _full_key(t):
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+
+
+EX05_WRONG = {
+    "rename_legacy_key": {
+        "str.replace on the whole key": lambda k: k.replace("gamma", "weight").replace("beta", "bias"),
+        "replace '.gamma' anywhere": lambda k: k.replace(".gamma", ".weight").replace(".beta", ".bias"),
+        "endswith without the dot": _rename_endswith,
+        "gamma only": lambda k: _rename(k, names=("gamma",)),
+        "case-insensitive": lambda k: _rename(k, case_insensitive=True),
+        "answer key": lambda k: __import__("course_lib.checkpoint", fromlist=["x"]).rename_legacy_key(k),
+    },
+    "normalize_keys": {
+        "lstrip strips characters": _normalize(strip="lstrip"),
+        "str.replace strips the prefix everywhere": _normalize(strip="replace"),
+        "prefix matched without its dot": _normalize(strip="no dot"),
+        "buffers found by substring": _normalize(buffers="substring"),
+        "buffers found by endswith without the dot": _normalize(buffers="endswith"),
+        "buffers kept": _normalize(buffers="keep"),
+        "no legacy rename": _normalize(rename=False),
+        "prefix never stripped": _normalize(strip="never"),
+        "inverted (model key -> checkpoint key)": _normalize(inverted=True),
+    },
+    "state_dict_diff": {
+        "not sorted": _diff(sort=False),
+        "missing and unexpected swapped": _diff(swap=True),
+        "mismatched left out": _diff(mismatched=False),
+        "compares numel, not shapes": _diff(numel=True),
+        "mismatched also listed as missing": _diff(mismatched_missing=True),
+        "shapes as (checkpoint, model)": _diff(shape_order="checkpoint"),
+    },
+    "read_safetensors_header": {
+        "big-endian length (raises)": _header(length="big8"),
+        "4-byte length (raises)": _header(length="little4"),
+        "keeps __metadata__": _header(metadata=True),
+        "offsets from the file's start": _header(absolute=True),
+        "torch dtype names": _header(dtype_names=TORCH_NAMES),
+        "(start, length) instead of (start, end)": _header(end_as_length=True),
+    },
+    "tensor_nbytes": {
+        "4 bytes for everything": lambda shape, dt: math.prod(shape) * 4,
+        "bits, not bytes": lambda shape, dt: math.prod(shape) * SIZES[dt] * 8,
+        "BF16 as 4 bytes": lambda shape, dt: math.prod(shape) * (4 if dt == "BF16" else SIZES[dt]),
+        "a scalar has 0 elements": lambda shape, dt: reduce(operator.mul, shape, 1 if shape else 0) * SIZES[dt],
+        "float result (bits / 8)": lambda shape, dt: math.prod(shape) * SIZES[dt] * 8 / 8,
+        "BOOL as one bit": lambda shape, dt: math.prod(shape) * SIZES[dt] if dt != "BOOL" else math.prod(shape) // 8,
+    },
+    "tied_groups": {
+        "by id()": _groups(id),
+        "by data_ptr() only": _groups(lambda t: t.data_ptr()),
+        "by storage only": _groups(lambda t: t.untyped_storage().data_ptr()),
+        "by equal values": _same_values,
+        "stride ignored": _groups(lambda t: _full_key(t)[:3]),
+        "empty tensors grouped": _groups(_full_key, skip_empty=False),
+        "singletons listed": _groups(_full_key, singletons=True),
+        "groups not sorted": _groups(_full_key, sort=False),
+    },
+}
+
+WRONG = [("ex04", name, label, fn) for name, cases in EX04_WRONG.items() for label, fn in cases.items()] + \
+        [("ex05", name, label, fn) for name, cases in EX05_WRONG.items() for label, fn in cases.items()]
+
+
+def _raised_by_wrong_answer(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename == __file__ and code.co_name != "test_wrong_answer_fails":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("chapter,name,label,fn", WRONG, ids=[f"{c}.{n}: {l}" for c, n, l, _ in WRONG])
+def test_wrong_answer_fails(chapter, name, label, fn, seed):
+    if label.endswith("(raises)"):
+        with pytest.raises(Exception) as info:
+            checks(chapter)[name].grade(fn, np.random.default_rng(seed))
+        assert isinstance(info.value, GradeError) or _raised_by_wrong_answer(info.value), \
+            f"the check itself failed: {info.value!r}"
+    else:
+        with pytest.raises(GradeError):
+            checks(chapter)[name].grade(fn, np.random.default_rng(seed))
+
+
+def test_every_exercise_has_wrong_answers():
+    assert set(EX04_WRONG) == set(checks("ex04")) and set(EX05_WRONG) == set(checks("ex05"))
+
+
+def test_answer_key_is_named_and_restored():
+    from course_lib.models import encoder
+
+    before = (encoder.SelfAttention, encoder.mean_pooling)
+    with pytest.raises(GradeError, match=r"course_lib\.models\.encoder\.mean_pooling\(\).*answer key"):
+        checks("ex04")["mean_pooling"].grade(_answer_key_mean_pooling, np.random.default_rng(0))
+    assert (encoder.SelfAttention, encoder.mean_pooling) == before
+
+
+def test_points_add_up():
+    assert sum(ex.points for ex in checks("ex04").values()) == 12
+    assert sum(ex.points for ex in checks("ex05").values()) == 11
