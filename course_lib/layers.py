@@ -64,6 +64,8 @@ class Linear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.weight.is_meta:  # shapes only (a model about to be filled from a checkpoint): nothing to draw
+            return
         # torch's init, draw for draw: the same seed gives the same weights as nn.Linear
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # = uniform(±1/sqrt(in))
         if self.bias is not None:
@@ -105,6 +107,8 @@ class Embedding(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.weight.is_meta:  # shapes only (a model about to be filled from a checkpoint): nothing to draw
+            return
         nn.init.normal_(self.weight)  # N(0, 1), like torch
         if self.padding_idx is not None:
             with torch.no_grad():
