@@ -106,10 +106,12 @@ def _shards(index_file: Path) -> list[Path]:
 class CheckpointReader:
     """Every tensor of a checkpoint by key, read lazily, one at a time.
 
-    safetensors files are memory-mapped: ``get(key)`` copies just that tensor out of the
-    mapping, so a model can be filled (and converted or quantized) tensor by tensor
-    without a second full copy in memory. ``.bin`` files are loaded with
-    ``weights_only=True`` (memory-mapped too when the file is a zip-format ``torch.save``).
+    safetensors files are memory-mapped: ``get(key)`` returns a tensor whose storage *is*
+    the file's bytes for that tensor, and the operating system reads a page from disk only
+    when something first touches it. So a model can be filled (and converted or quantized)
+    tensor by tensor without a second full copy in memory; converting a tensor's dtype or
+    device is what makes a copy. ``.bin`` files are loaded with ``weights_only=True``
+    (memory-mapped too when the file is a zip-format ``torch.save``).
     """
 
     def __init__(self, files: list[str | os.PathLike]):
@@ -369,7 +371,8 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
     Each tensor is shape-checked, converted to ``dtype`` (floating-point tensors only) and
     moved to ``device`` as it is read, then *replaces* the model's parameter: the model
     may have been built on the ``meta`` device (no memory, no random init), so loading
-    allocates each parameter exactly once. Keys in ``report.mismatched`` are left as they
+    allocates each parameter at most once — not at all when the file already holds the
+    wanted dtype on the CPU: the parameter then stays memory-mapped from the file. Keys in ``report.mismatched`` are left as they
     are (strict loading refuses them before this; ``strict=False`` keeps their random init).
     """
     mismatched = {ours for ours, *_ in report.mismatched}
