@@ -10,9 +10,10 @@ Measures, with the two libraries interleaved so machine noise hits both alike:
   sentence, under `torch.inference_mode()`;
 and prints medians and ratios (> 1 means course_lib is faster), and how far the outputs differ.
 
-Where course_lib is slower (large batches), the time goes to elementwise passes that torch
-fuses into single kernels (GELU, LayerNorm, softmax, bias adds): chapter 02 writes each from
-primitive ops on purpose. Matrix products, most of the work, are the same BLAS calls in both.
+"course_lib" is chapter 02's layers as written, from primitive ops; "course_lib fused" is the
+same model after ``course_lib.fused.fuse`` (PyTorch's fused GELU, LayerNorm, linear and
+attention kernels). On large batches the difference is those elementwise passes; matrix
+products, most of the work, are the same BLAS calls in all three.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main() -> None:
     from transformers import AutoModel  # the oracle: imported here, never by course_lib
 
     from course_lib import encode_batch, load_model, load_tokenizer
+    from course_lib.fused import fuse
     from course_lib.assets import asset_path
     from course_lib.corpus import corpus_lines
 
@@ -58,6 +60,7 @@ def main() -> None:
 
     # warm up both (page cache, allocator, lazy imports)
     ours, ref = load_model(folder), AutoModel.from_pretrained(folder).eval()
+    fused = fuse(load_model(folder))  # the same model on PyTorch's fused kernels
 
     load_ours, load_ref = [], []
     for _ in range(args.repeats):  # interleaved
@@ -70,22 +73,24 @@ def main() -> None:
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         with torch.inference_mode():
             # compared on real tokens: outputs at padding positions are meaningless (and differ more)
-            delta = ours(ids, mask) - ref(input_ids=ids, attention_mask=mask).last_hidden_state
-            diff = delta[mask.bool()].abs().max().item()
-            t_ours, t_ref = [], []
+            expected = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+            diff = max((model(ids, mask) - expected)[mask.bool()].abs().max().item() for model in (ours, fused))
+            t_ours, t_fused, t_ref = [], [], []
             for _ in range(args.repeats):
                 t_ours.append(median_time(lambda: ours(ids, mask), 3))
+                t_fused.append(median_time(lambda: fused(ids, mask), 3))
                 t_ref.append(median_time(lambda: ref(input_ids=ids, attention_mask=mask), 3))
-        results[name] = (statistics.median(t_ours), statistics.median(t_ref), diff)
+        results[name] = (statistics.median(t_ours), statistics.median(t_fused), statistics.median(t_ref), diff)
 
     print(f"all-MiniLM-L6-v2, float32, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{args.repeats} interleaved repetitions (medians)")
     lo, lr = statistics.median(load_ours), statistics.median(load_ref)
     print(f"{'load_model vs from_pretrained':34} course_lib {lo * 1e3:8.1f} ms   transformers {lr * 1e3:8.1f} ms   "
           f"speed ratio {lr / lo:5.2f}x")
-    for name, (o, r, diff) in results.items():
-        print(f"{'forward, ' + name:34} course_lib {o * 1e3:8.1f} ms   transformers {r * 1e3:8.1f} ms   "
-              f"speed ratio {r / o:5.2f}x   max |Δ| {diff:.1e} (real tokens)")
+    for name, (o, f, r, diff) in results.items():
+        print(f"forward, {name}: transformers {r * 1e3:7.1f} ms;  course_lib {o * 1e3:7.1f} ms "
+              f"(speed ratio {r / o:4.2f}x);  course_lib fused {f * 1e3:7.1f} ms (speed ratio {r / f:4.2f}x);  "
+              f"max |Δ| {diff:.1e} on real tokens")
 
 
 if __name__ == "__main__":

@@ -176,6 +176,7 @@ class SelfAttention(nn.Module):
         self.key = Linear(C, C)
         self.value = Linear(C, C)
         self.dropout_p = config.attention_probs_dropout_prob
+        self.attention_fn = scaled_dot_product_attention  # chapter 02's; course_lib.fused swaps in torch's kernel
 
     def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None,
                 return_weights: bool = False):
@@ -184,8 +185,9 @@ class SelfAttention(nn.Module):
         q = split_heads(self.query(hidden_states), H)  # (B, H, T, D)
         k = split_heads(self.key(hidden_states), H)  # (B, H, T, D)
         v = split_heads(self.value(hidden_states), H)  # (B, H, T, D)
-        y, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p=self.dropout_p,
-                                                  training=self.training, return_weights=True)
+        out = self.attention_fn(q, k, v, mask, dropout_p=self.dropout_p, training=self.training,
+                                return_weights=return_weights)
+        y, weights = out if return_weights else (out, None)  # y (B, H, T, D)
         y = merge_heads(y)  # (B, T, C)
         return (y, weights) if return_weights else y
 
@@ -359,9 +361,10 @@ class RobertaLMHead(nn.Module):
         self.layer_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.decoder = Linear(config.hidden_size, config.vocab_size, bias=False)  # weight tied to word_embeddings
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.act_fn = gelu
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        x = self.layer_norm(gelu(self.dense(hidden_states)))  # (B, T, C)
+        x = self.layer_norm(self.act_fn(self.dense(hidden_states)))  # (B, T, C)
         return linear(x, self.decoder.weight, self.bias)  # (B, T, V)
 
 
