@@ -324,7 +324,10 @@ def test_reductions_match_torch(shape, data, seed):
             expected = expected.values if name == "max" else expected
             result = getattr(ours, name)(dim, keepdim=keepdim)
         assert result.shape == tuple(expected.shape), (name, dim, keepdim)
-        np.testing.assert_allclose(result.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+        # float32 sums in another order differ by up to ~log2(n) roundings of the running total,
+        # so a sum that cancels to near zero needs an absolute bound from the summed magnitudes
+        atol = 1e-6 if name == "max" else 1e-6 + 2 * np.finfo(np.float32).eps * np.log2(x.size + 1) * np.abs(x).sum()
+        np.testing.assert_allclose(result.numpy(), expected.numpy(), rtol=1e-5, atol=atol, err_msg=name)
 
 
 # --------------------------------------------------------------------------------------
