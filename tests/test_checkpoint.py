@@ -18,8 +18,8 @@ from course_lib.checkpoint import (CheckpointReader, LoadReport, is_ignored_buff
                                    save_checkpoint, weight_files)
 from course_lib.loading import load_model
 from course_lib.models.encoder import BertForMaskedLM, BertModel, EncoderConfig, RobertaForMaskedLM, RobertaModel
+from helpers import COMMIT, fake_hub_snapshot
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def tiny_config(model_type: str = "bert") -> EncoderConfig:
@@ -398,29 +398,6 @@ def test_a_folder_as_path_or_str(tmp_path):
     tiny().save_pretrained(tmp_path)
     a, b = load_model(tmp_path), load_model(str(tmp_path))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-
-
-def fake_hub_snapshot(hub_cache: Path, repo_id: str, refs=("main",), commit: str = COMMIT) -> Path:
-    """The Hub cache layout (models--org--name/{refs/<ref>, snapshots/<commit>/}) around an empty snapshot."""
-    repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    for ref in refs:
-        (repo / "refs" / ref).write_text(commit)
-    return snapshot
-
-
-@pytest.fixture
-def hf_home(monkeypatch, tmp_path):
-    """An empty HF_HOME, offline, set after huggingface_hub was imported (its constants are stale)."""
-    import huggingface_hub  # noqa: F401  (imported first on purpose)
-
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path / "hf"
 
 
 def test_load_from_a_fake_hub_cache_with_hf_home_set_at_call_time(hf_home):

@@ -19,8 +19,8 @@ from course_lib import convert, download, hub
 from course_lib.checkpoint import BIN_FILES, CheckpointReader
 from course_lib.loading import load_model
 from course_lib.models.encoder import BertForMaskedLM, BertModel, EncoderConfig
+from helpers import COMMIT, fake_hub_snapshot
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def tiny_config() -> EncoderConfig:
@@ -174,14 +174,9 @@ def fake_hub(monkeypatch, tmp_path):
                       "cache_dir": cache_dir, "local_files_only": local_files_only})
         if repo_id not in repos:
             raise ConnectionError("connection reset by peer")
-        repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
-        snapshot = repo / "snapshots" / COMMIT
-        snapshot.mkdir(parents=True, exist_ok=True)
-        for name, data in repos[repo_id].items():
-            if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
-                (snapshot / name).write_bytes(data)
-        (repo / "refs").mkdir(exist_ok=True)
-        (repo / "refs" / (revision or "main")).write_text(COMMIT)
+        wanted = {name: data for name, data in repos[repo_id].items()
+                  if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns)}
+        snapshot = fake_hub_snapshot(Path(cache_dir), repo_id, wanted, refs=(revision or "main",))
         return str(snapshot)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)

@@ -17,6 +17,7 @@ import torch
 from course_lib.layers import padding_mask
 from course_lib.models import config_from_dict, model_class
 from course_lib.models import encoder as E
+from helpers import randomize_
 
 SMALL = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
              max_position_embeddings=40, type_vocab_size=2, layer_norm_eps=1e-12)
@@ -36,19 +37,9 @@ def our_config(hf_cfg) -> E.EncoderConfig:
     return E.EncoderConfig.from_dict(hf_cfg.to_dict())  # transformers' own config.json content
 
 
-def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter random, LayerNorm scales around 1: a weight in the wrong place shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.1 * noise if name.endswith(("LayerNorm.weight", "layer_norm.weight")) else 0.2 * noise)
-    return module.eval()
-
-
 def twins(ours_cls, hf_cls, hf_cfg, seed=0):
     """(ours, theirs): the same weights, both in eval mode."""
-    theirs = randomize_(hf_cls(hf_cfg), seed)
+    theirs = randomize_(hf_cls(hf_cfg), seed, scale=0.2)
     ours = ours_cls(our_config(hf_cfg))
     ours.load_state_dict(theirs.state_dict())  # strict: the names must be identical
     return ours.eval(), theirs
@@ -184,7 +175,7 @@ def test_layer_dropout_only_in_training(tf):
 @pytest.mark.parametrize("hidden_act", ["gelu", "relu"])
 def test_bert_lm_head_matches_transformers(tf, hidden_act):
     hf_cfg = hf_config(tf, hidden_act=hidden_act)  # BERT's head transform does follow hidden_act
-    theirs = randomize_(_hf(tf, "BertOnlyMLMHead")(hf_cfg))
+    theirs = randomize_(_hf(tf, "BertOnlyMLMHead")(hf_cfg), scale=0.2)
     with torch.no_grad():  # in BertForMaskedLM the decoder's bias *is* predictions.bias
         theirs.predictions.decoder.bias.copy_(theirs.predictions.bias)
     ours = E.BertLMHead(our_config(hf_cfg)).eval()
@@ -199,7 +190,7 @@ def test_bert_lm_head_matches_transformers(tf, hidden_act):
 
 def test_roberta_lm_head_uses_gelu_whatever_hidden_act(tf):
     hf_cfg = hf_config(tf, "roberta", hidden_act="relu")  # transformers' RobertaLMHead ignores hidden_act too
-    theirs = randomize_(tf.models.roberta.modeling_roberta.RobertaLMHead(hf_cfg))
+    theirs = randomize_(tf.models.roberta.modeling_roberta.RobertaLMHead(hf_cfg), scale=0.2)
     with torch.no_grad():
         theirs.decoder.bias.copy_(theirs.bias)
     ours = E.RobertaLMHead(our_config(hf_cfg)).eval()
@@ -218,7 +209,7 @@ def test_whole_model_matches_transformers(tf, name):
     model_type = "roberta" if name.startswith("Roberta") else "bert"
     hf_cfg = hf_config(tf, model_type)
     kwargs = {"add_pooling_layer": False} if name.endswith("Model") else {}
-    theirs = randomize_(getattr(tf, name)(hf_cfg, **kwargs))
+    theirs = randomize_(getattr(tf, name)(hf_cfg, **kwargs), scale=0.2)
     ours = getattr(E, name)(our_config(hf_cfg)).eval()
     hf_state = theirs.state_dict()
     alias = [k for k in hf_state if k.endswith("decoder.bias")]  # the second name of predictions.bias

@@ -28,6 +28,7 @@ from course_lib.assets import asset_path
 from course_lib.checkpoint import StateDictMismatchError
 from course_lib.models.encoder import mean_pooling, sentence_embeddings
 from course_lib.tokenizer_loading import encode_batch, load_tokenizer
+from helpers import randomize_
 
 TOL = 1e-4
 
@@ -72,16 +73,6 @@ def assert_close(what: str, ours: torch.Tensor, reference: torch.Tensor, tol: fl
     print(f"\n  max|Δ| {what}: {delta:.2e}")
     assert delta <= tol, f"{what}: max |Δ| = {delta:.3e} > {tol:.0e}"
     return delta
-
-
-def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every parameter random (tied ones once): LayerNorm scales around 1, everything else around 0."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.1 * noise if name.endswith(("LayerNorm.weight", "layer_norm.weight")) else 0.05 * noise)
-    return model.eval()
 
 
 def padded_batch(bos: int, eos: int, pad: int, vocab: int, lengths=(12, 7), side: str = "right", seed: int = 0):

@@ -7,7 +7,6 @@ GradeError (a wrong answer), not a crash of the check itself.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
 
@@ -15,21 +14,17 @@ import numpy as np
 import pytest
 
 from course_lib.grading import registry
-from course_lib.paths import course_root
+from helpers import chapter_checks, have_solutions, load_exercise_module
 
 SEEDS = range(5)
-CHECKS = {ex.function: ex for ex in registry.load_chapter("ex01")}
+CHECKS = chapter_checks("ex01")
 
 
 def load(folder: str):
-    path = course_root() / folder / "ex01_tensors.py"
-    spec = importlib.util.spec_from_file_location(f"ex01_{folder}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_exercise_module(folder, "ex01_tensors.py")
 
 
-HAS_SOLUTIONS = (course_root() / "solutions" / "ex01_tensors.py").exists()
+HAS_SOLUTIONS = have_solutions("ex01_tensors.py")
 
 
 @pytest.mark.skipif(not HAS_SOLUTIONS, reason="a learner hand-out has no solutions/")

@@ -7,7 +7,6 @@ with a GradeError, for several seeds.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import unicodedata
 
@@ -18,24 +17,19 @@ import torch.nn.functional as F
 
 from course_lib.grading import registry
 from course_lib.grading.registry import GradeError
-from course_lib.paths import course_root
 from course_lib.tokenization import merge_pair
+from helpers import chapter_checks, have_solutions, load_exercise_module
 
 SEEDS = range(3)
 FILES = {"ex02": "ex02_layers.py", "ex03": "ex03_tokenizers.py"}
-HAS_SOLUTIONS = all((course_root() / "solutions" / f).exists() for f in FILES.values())
+HAS_SOLUTIONS = have_solutions(*FILES.values())
 
 
 def load(folder: str, chapter: str):
-    path = course_root() / folder / FILES[chapter]
-    spec = importlib.util.spec_from_file_location(f"{chapter}_{folder}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_exercise_module(folder, FILES[chapter])
 
 
-def checks(chapter: str):
-    return {ex.function: ex for ex in registry.load_chapter(chapter)}
+checks = chapter_checks
 
 
 @pytest.mark.skipif(not HAS_SOLUTIONS, reason="a learner hand-out has no solutions/")

@@ -13,35 +13,9 @@ import pytest
 from course_lib import hub
 from course_lib.assets import asset_path
 from course_lib.hub import DEFAULT_FILES, HubError, ModelNotCachedError, resolve_source
+from helpers import COMMIT, fake_hub_snapshot
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
-
-
-@pytest.fixture
-def hf_home(monkeypatch, tmp_path):
-    """An empty HF_HOME, offline, set after huggingface_hub was imported (its constants are stale)."""
-    import huggingface_hub  # noqa: F401  (imported first on purpose)
-
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path / "hf"
-
-
-def fake_cache(hub_cache: Path, repo_id: str, files: dict[str, str], commit: str = COMMIT,
-               refs: tuple[str, ...] = ("main",)) -> Path:
-    """The Hub cache layout: models--org--name/{refs/main, snapshots/<commit>/<files>} (blobs skipped)."""
-    repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for name, text in files.items():
-        (snapshot / name).write_text(text)
-    (repo / "refs").mkdir(exist_ok=True)
-    for ref in refs:
-        (repo / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes it
-    return snapshot
 
 
 def test_local_folder_as_str_or_path(tmp_path, monkeypatch):
@@ -77,25 +51,25 @@ def test_hub_id_of_an_asset_resolves_to_it_offline_when_not_cached(hf_home):
 
 
 def test_hub_cache_wins_over_the_asset(hf_home):
-    snapshot = fake_cache(hf_home / "hub", "sentence-transformers/all-MiniLM-L6-v2", {"config.json": "{}"})
+    snapshot = fake_hub_snapshot(hf_home / "hub", "sentence-transformers/all-MiniLM-L6-v2", {"config.json": "{}"})
     assert resolve_source("sentence-transformers/all-MiniLM-L6-v2") == snapshot
 
 
 def test_fake_hub_cache_resolves_offline_with_hf_home_set_at_call_time(hf_home):
-    snapshot = fake_cache(hf_home / "hub", "org/tiny-model", {"config.json": "{}", "vocab.txt": "[PAD]\n"},
+    snapshot = fake_hub_snapshot(hf_home / "hub", "org/tiny-model", {"config.json": "{}", "vocab.txt": "[PAD]\n"},
                           refs=("main", "v1.0"))
     assert resolve_source("org/tiny-model") == snapshot
     assert resolve_source("org/tiny-model", revision="v1.0") == snapshot
     assert resolve_source("org/tiny-model", revision=COMMIT) == snapshot
     assert resolve_source("org/tiny-model", filenames=["vocab.txt"]) == snapshot
     assert (resolve_source("org/tiny-model") / "vocab.txt").read_text() == "[PAD]\n"
-    fake_cache(hf_home / "hub", "gpt2", {"config.json": "{}"})  # a model id without an org
+    fake_hub_snapshot(hf_home / "hub", "gpt2", {"config.json": "{}"})  # a model id without an org
     assert resolve_source("gpt2").name == COMMIT
 
 
 def test_hf_hub_cache_overrides_hf_home(hf_home, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
-    snapshot = fake_cache(tmp_path / "elsewhere", "org/tiny-model", {"config.json": "{}"})
+    snapshot = fake_hub_snapshot(tmp_path / "elsewhere", "org/tiny-model", {"config.json": "{}"})
     assert hub.hub_cache_dir() == tmp_path / "elsewhere"
     assert resolve_source("org/tiny-model") == snapshot
 
@@ -111,7 +85,7 @@ def test_offline_with_nothing_cached_says_how_to_prefetch(hf_home):
 
 
 def test_offline_unknown_revision_of_a_cached_model(hf_home):
-    fake_cache(hf_home / "hub", "org/tiny-model", {"config.json": "{}"})
+    fake_hub_snapshot(hf_home / "hub", "org/tiny-model", {"config.json": "{}"})
     with pytest.raises(ModelNotCachedError, match="revision 'v9'.*--revision v9"):
         resolve_source("org/tiny-model", revision="v9")
     with pytest.raises(ModelNotCachedError, match=OTHER_COMMIT):
