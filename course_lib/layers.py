@@ -116,7 +116,7 @@ class Embedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out = embedding(ids, self.weight)  # (..., dim)
-        if self.padding_idx is not None:
+        if self.padding_idx is not None and torch.is_grad_enabled():
             # same values, but padding positions send no gradient to their row (torch does
             # the same), so training never moves the padding vector away from zero
             is_pad = (ids == self.padding_idx).unsqueeze(-1)  # (..., 1)

@@ -13,7 +13,6 @@ The steps, each in the module that owns it:
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -111,14 +110,11 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
     source = f"{src}" if str(src) == str(folder) else f"{src} ({folder})"
     with CheckpointReader.from_folder(folder) as reader:
         shapes = reader.shapes()
-        kwargs = {}
-        if "add_pooling_layer" in inspect.signature(cls).parameters:  # keep a pooler the file has
-            kwargs["add_pooling_layer"] = any(k.endswith("pooler.dense.weight") for k in shapes)
         if strict:
             with torch.device("meta"):  # only shapes: every tensor will come from the file
-                model = cls(config, **kwargs)
+                model = cls.for_checkpoint(config, shapes)
         else:
-            model = cls(config, **kwargs).to(dtype)
+            model = cls.for_checkpoint(config, shapes).to(dtype)
         report = match_keys(model, shapes)
         if strict and not report.ok:
             raise StateDictMismatchError(

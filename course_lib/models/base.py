@@ -76,6 +76,12 @@ class CourseModel(nn.Module):
         super().__init__()
         self.config = config
 
+    @classmethod
+    def for_checkpoint(cls, config: PretrainedConfig, checkpoint_keys) -> "CourseModel":
+        """The model to fill from a checkpoint with these keys (a model with optional parts
+        overrides this to build the parts the file has)."""
+        return cls(config)
+
     @property
     def architecture(self) -> str:
         """The class name ``transformers`` knows this model by (written to config.json)."""

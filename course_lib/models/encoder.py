@@ -130,11 +130,11 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
         if position_ids is None:
+            if input_ids.size(1) > self.max_tokens:  # a shape check: no pass over the ids, no GPU sync
+                raise ValueError(f"the input has {input_ids.size(1)} tokens, more than the {self.max_tokens} this "
+                                 f"model's {self.max_positions} position embeddings allow: truncate it "
+                                 f"(encode_batch(..., max_length={self.max_tokens}))")
             position_ids = self.position_ids(input_ids)  # (B or 1, T)
-        if int(position_ids.max()) >= self.max_positions:
-            raise ValueError(f"the input has {input_ids.size(1)} tokens, more than the {self.max_tokens} this "
-                             f"model's {self.max_positions} position embeddings allow: truncate it "
-                             f"(encode_batch(..., max_length={self.max_tokens}))")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)  # every token is "sentence A"
         x = self.word_embeddings(input_ids)  # (B, T, C)
@@ -193,11 +193,11 @@ class SelfAttention(nn.Module):
 
 
 class SelfOutput(nn.Module):
-    """Output projection of attention + dropout + residual + LayerNorm."""
+    """Output projection of attention + dropout + residual + LayerNorm (post-LN)."""
 
-    def __init__(self, config: EncoderConfig):
+    def __init__(self, config: EncoderConfig, in_features: int | None = None):
         super().__init__()
-        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(in_features or config.hidden_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
@@ -229,17 +229,16 @@ class Intermediate(nn.Module):
         return self.intermediate_act_fn(self.dense(hidden_states))  # (B, T, 4C)
 
 
-class Output(nn.Module):
-    """Second half of the feed-forward block: back to C, dropout, residual, LayerNorm."""
+class Output(SelfOutput):
+    """Second half of the feed-forward block: back from 4C to C, dropout, residual, LayerNorm.
+
+    The same computation as ``SelfOutput``, from the intermediate width; transformers keeps two
+    classes, and so do we, because the checkpoint's keys name both (``attention.output`` and
+    ``output``).
+    """
 
     def __init__(self, config: EncoderConfig):
-        super().__init__()
-        self.dense = Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(input_tensor + self.dropout(self.dense(hidden_states)))  # (B, T, C)
+        super().__init__(config, in_features=config.intermediate_size)
 
 
 class Layer(nn.Module):
@@ -298,6 +297,11 @@ class BertModel(CourseModel):
         self.embeddings = self.embeddings_class(config)
         self.encoder = Encoder(config)
         self.pooler = Pooler(config) if add_pooling_layer else None
+
+    @classmethod
+    def for_checkpoint(cls, config: EncoderConfig, checkpoint_keys) -> "BertModel":
+        """With a pooler exactly when the file has one (all-MiniLM-L6-v2 and bert-base-uncased do)."""
+        return cls(config, add_pooling_layer=any(k.endswith("pooler.dense.weight") for k in checkpoint_keys))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
