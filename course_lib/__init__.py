@@ -13,6 +13,7 @@ _LAZY = {
     "check": "course_lib.grading.runner",
     "load_model": "course_lib.loading",
     "encode_batch": "course_lib.tokenizer_loading",
+    "generate": "course_lib.generation",
     "load_tokenizer": "course_lib.tokenizer_loading",
 }
 

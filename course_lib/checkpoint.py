@@ -14,7 +14,8 @@ A Hugging Face model folder holds its weights in one of these layouts:
 
 Published files do not always use today's names. ``match_keys`` maps a checkpoint's keys
 to a model's parameter names: strip or add the ``bert.``/``roberta.``/``transformer.``
-prefix, rename the legacy LayerNorm ``gamma``/``beta`` to ``weight``/``bias``, skip buffers
+prefix, rename the legacy LayerNorm ``gamma``/``beta`` to ``weight``/``bias``, transpose
+the weights a model stores the other way round (GPT-2's ``Conv1D``), skip buffers
 that are not parameters (``position_ids``, GPT-2's ``attn.bias`` mask), skip heads the
 task does not use, and treat tied copies (the MLM decoder *is* the word embedding) as one
 tensor. Whatever is left over is an error: strict loading reports every missing,
@@ -314,17 +315,24 @@ def _prefix_transforms(prefix: str):
         yield f"add '{prefix}.'", (lambda k, p=prefix: f"{p}.{k}")
 
 
+def stored_transposed(model: nn.Module, key: str) -> bool:
+    """True when checkpoints hold ``key`` transposed: (in, out) for our (out, in) (GPT-2's Conv1D weights)."""
+    return key.endswith(tuple(getattr(model, "checkpoint_transposed", ())))
+
+
 def match_keys(model: nn.Module, checkpoint_shapes: dict[str, tuple]) -> LoadReport:
     """Map checkpoint keys (with their shapes) onto ``model``'s parameter names.
 
-    Uses the model's ``base_model_prefix``, ``tied_weights``, ``key_aliases`` and
-    ``unused_checkpoint_prefixes`` (see ``course_lib.models.base.CourseModel``).
+    Uses the model's ``base_model_prefix``, ``tied_weights``, ``key_aliases``,
+    ``unused_checkpoint_prefixes`` and ``checkpoint_transposed`` (see
+    ``course_lib.models.base.CourseModel``). Shapes are compared as the file stores them.
     """
     prefix = getattr(model, "base_model_prefix", "")
     tied = getattr(model, "tied_weights", {})
     aliases = getattr(model, "key_aliases", {})
     unused = getattr(model, "unused_checkpoint_prefixes", ())
-    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items() if k not in tied}
+    model_shapes = {k: tuple(v.shape)[::-1] if stored_transposed(model, k) else tuple(v.shape)
+                    for k, v in model.state_dict(keep_vars=True).items() if k not in tied}
 
     renamed = {key: rename_legacy_key(key) for key in checkpoint_shapes}
     # One prefix rule for the whole file (the one that matches most keys): files are consistent.
@@ -368,7 +376,8 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
                device=None, source: str = "the checkpoint") -> nn.Module:
     """Copy every tensor ``report.loaded`` names from ``reader`` into ``model``, one at a time.
 
-    Each tensor is shape-checked, converted to ``dtype`` (floating-point tensors only) and
+    Each tensor is shape-checked, transposed if the file stores it the other way round
+    (GPT-2's Conv1D), converted to ``dtype`` (floating-point tensors only) and
     moved to ``device`` as it is read, then *replaces* the model's parameter: the model
     may have been built on the ``meta`` device (no memory, no random init), so loading
     allocates each parameter at most once — not at all when the file already holds the
@@ -381,11 +390,14 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
             continue
         tensor = reader.get(key)
         expected = tuple(model.get_parameter(ours).shape if _is_param(model, ours) else model.get_buffer(ours).shape)
-        if tuple(tensor.shape) != expected:  # match_keys checked the header; this checks the data
+        transposed = stored_transposed(model, ours)
+        if tuple(tensor.shape)[::-1 if transposed else 1] != expected:  # match_keys checked the header
             raise StateDictMismatchError(f"{source}: tensor {key!r} has shape {tuple(tensor.shape)}, the model's "
-                                         f"{ours!r} needs {expected}", report)
+                                         f"{ours!r} needs {expected[::-1 if transposed else 1]}", report)
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
+        if transposed:  # (in, out) -> (out, in), made contiguous: the fast matrix-vector kernels want rows
+            tensor = tensor.T.contiguous()
         assign_tensor(model, ours, tensor.to(device) if device is not None else tensor)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
@@ -429,8 +441,7 @@ def save_checkpoint(model: nn.Module, folder: str | os.PathLike) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tied = getattr(model, "tied_weights", {})
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k not in tied}
+    state = checkpoint_state_dict(model)
     config = {**model.config.to_dict(), "architectures": [model.architecture]}
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:
@@ -439,6 +450,14 @@ def save_checkpoint(model: nn.Module, folder: str | os.PathLike) -> Path:
     _write_atomic(folder / "config.json",
                   lambda path: path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
     return folder
+
+
+def checkpoint_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint of ``model`` holds, on the CPU, in the file's layout: tied copies
+    left out (saved once, under their source's key) and Conv1D weights transposed back to (in, out)."""
+    tied = getattr(model, "tied_weights", {})
+    return {k: (v.detach().T if stored_transposed(model, k) else v.detach()).to("cpu").contiguous()
+            for k, v in model.state_dict().items() if k not in tied}
 
 
 def _write_atomic(target: Path, write) -> None:

@@ -88,7 +88,8 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
 
     ``src``: a Hub id (``"roberta-base"``, ``"sentence-transformers/all-MiniLM-L6-v2"``), a
     course asset name, or a folder with ``config.json`` and weights.
-    ``task``: ``"auto"`` (the architecture's default: ``"base"`` for BERT/RoBERTa),
+    ``task``: ``"auto"`` (the architecture's default: ``"base"`` for BERT/RoBERTa,
+    ``"causal-lm"`` for GPT-2),
     ``"base"`` (hidden states), ``"masked-lm"`` or ``"causal-lm"`` (logits).
     ``dtype``: ``None`` (float32), ``"auto"`` (as saved), or a float dtype / its name.
     ``strict``: refuse any missing, unexpected or wrongly shaped key (default). With

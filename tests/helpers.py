@@ -60,5 +60,6 @@ def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> to
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.1 * noise if name.endswith(("LayerNorm.weight", "layer_norm.weight")) else scale * noise)
+            is_norm_scale = name.endswith(("LayerNorm.weight", "layer_norm.weight")) or ".ln_" in f".{name}"
+            p.copy_(1 + 0.1 * noise if is_norm_scale and name.endswith("weight") else scale * noise)
     return model.eval()

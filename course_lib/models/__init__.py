@@ -12,6 +12,7 @@ from __future__ import annotations
 from course_lib.models.base import CourseModel, PretrainedConfig
 from course_lib.models.encoder import (BertForMaskedLM, BertModel, EncoderConfig, RobertaForMaskedLM,
                                        RobertaModel)
+from course_lib.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 TASKS = ("auto", "base", "masked-lm", "causal-lm")
 
@@ -21,6 +22,7 @@ ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, type[CourseMode
     "roberta": (EncoderConfig, {"base": RobertaModel, "masked-lm": RobertaForMaskedLM}, "base"),
     # XLM-RoBERTa is RoBERTa with a larger (SentencePiece) vocabulary: the same code path
     "xlm-roberta": (EncoderConfig, {"base": RobertaModel, "masked-lm": RobertaForMaskedLM}, "base"),
+    "gpt2": (GPT2Config, {"base": GPT2Model, "causal-lm": GPT2LMHeadModel}, "causal-lm"),
 }
 
 
@@ -57,4 +59,5 @@ def model_class(config: PretrainedConfig, task: str = "auto") -> type[CourseMode
 
 
 __all__ = ["ARCHITECTURES", "TASKS", "CourseModel", "PretrainedConfig", "EncoderConfig", "architecture",
-           "config_from_dict", "model_class", "BertModel", "BertForMaskedLM", "RobertaModel", "RobertaForMaskedLM"]
+           "config_from_dict", "model_class", "BertModel", "BertForMaskedLM", "RobertaModel", "RobertaForMaskedLM",
+           "GPT2Config", "GPT2Model", "GPT2LMHeadModel"]

@@ -64,13 +64,16 @@ class CourseModel(nn.Module):
     - ``key_aliases``: {checkpoint key: our key} for alternative names of one tensor that
       published files use (``cls.predictions.decoder.bias`` is ``cls.predictions.bias``);
     - ``unused_checkpoint_prefixes``: heads other tasks use that may sit in a file
-      (``cls.seq_relationship.`` in bert-base-uncased); loading skips them, and says so.
+      (``cls.seq_relationship.`` in bert-base-uncased); loading skips them, and says so;
+    - ``checkpoint_transposed``: key endings that files store transposed, (in, out) for our
+      (out, in): GPT-2's ``Conv1D`` weights. Transposed on load and back on save.
     """
 
     base_model_prefix = ""
     tied_weights: dict[str, str] = {}
     key_aliases: dict[str, str] = {}
     unused_checkpoint_prefixes: tuple[str, ...] = ()
+    checkpoint_transposed: tuple[str, ...] = ()
 
     def __init__(self, config: PretrainedConfig):
         super().__init__()
