@@ -1,0 +1,267 @@
+"""Chapter 06 exercises: GPT-2's attention, and generating text one token at a time.
+
+GPT-2 is chapter 04's transformer turned into a next-token predictor: a token may attend
+only to itself and the tokens before it (a causal mask), and q, k and v come out of one
+fused projection ``c_attn``. To generate, the model scores every token of the vocabulary
+at the last position (the logits), one token is chosen (greedy, or sampled with a
+temperature, top-k and top-p), appended, and the loop repeats. A KV cache keeps the keys
+and values of the tokens seen so far, so that a step computes only the new token; a batch
+of prompts is padded on the left, and position ids count only the real tokens.
+Shapes: B batch, T tokens, C = n_embd hidden size, H heads, D = C / H head size, P tokens
+already in the cache, V vocabulary size.
+
+You may use any ``torch`` operation and the functions of ``course_lib.layers``
+(``split_heads``, ``scaled_dot_product_attention``, ``softmax`` ...) except
+``course_lib.layers.causal_mask``, which is the first exercise. Not ``course_lib.generation``
+or ``course_lib.models.gpt2``: they are the answer key, and the grader switches them off
+while your code runs. The functions later in this file can call the ones you wrote earlier
+(``greedy_generate`` is a loop around a model call and an ``argmax``).
+
+Write the body of each function below, replacing ``raise NotImplementedError``. Then grade:
+
+* in the notebook ``notebooks/06_gpt2.ipynb``: ``check("ex06.causal_mask")`` (one cell per
+  exercise) — grading runs in a fresh process, so save this file and run the cell again;
+* in a terminal: ``python -m course_lib.grade ex06`` (all) or ``python -m course_lib.grade
+  ex06.top_p_filter`` (one).
+
+The checks use random sizes, logits, queries, keys and values, and seeded random number
+generators, and compare with ``course_lib.layers``, ``course_lib.generation`` and
+``course_lib.models.gpt2`` (itself tested against ``transformers``' GPT-2): masks,
+positions, filtered logits and sampled tokens exactly, attention outputs to within float32
+rounding (1e-5).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+
+def causal_mask(t_query: int, t_key: int) -> torch.Tensor:
+    """The causal mask, bool (t_query, t_key), True = may attend: no query sees a key from its future.
+
+    The keys are every token so far (t_key of them); the queries are the *last* t_query of
+    those tokens (``t_key >= t_query``). Without a cache both are the whole sequence and
+    ``t_query == t_key``; with a KV cache only the new tokens are queries while the keys
+    include the cached ones. So query i sits at absolute position ``i + t_key - t_query``,
+    and it may attend to key j exactly when ``j <= i + t_key - t_query``.
+
+    Examples::
+
+        causal_mask(3, 3) = [[True, False, False],      # the lower triangle
+                             [True, True,  False],
+                             [True, True,  True ]]
+        causal_mask(2, 4) = [[True, True, True, False], # query 0 sits at position 2
+                             [True, True, True, True ]]
+        causal_mask(1, 5) = [[True, True, True, True, True]]   # one new token sees everything
+
+    You wrote this in chapter 02 (``ex02.causal_mask``): GPT-2 is where it is used, with
+    the cache's offset, so write it again here (or copy yours).
+
+    Hint: ``i = torch.arange(t_query)[:, None]`` and ``j = torch.arange(t_key)[None, :]``
+    broadcast to (t_query, t_key); compare them. Or ``torch.ones(t_query, t_key,
+    dtype=torch.bool).tril(diagonal=...)``: which diagonal?
+    """
+    i = torch.arange(t_query)[:, None]  # (Tq, 1) query index
+    j = torch.arange(t_key)[None, :]  # (1, Tk) key index
+    return j <= i + (t_key - t_query)  # (Tq, Tk): query i is token i + Tk - Tq
+
+
+def split_qkv(c_attn_out: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split the output of GPT-2's fused projection ``c_attn`` into per-head q, k and v.
+
+    ``c_attn_out``: (B, T, 3C), the result of ``x @ W.T + b`` with ``c_attn``'s (3C, C)
+    weight: queries, keys and values side by side on the last axis, in that order, each C
+    wide (``[..., :C]`` are the queries, ``[..., C:2C]`` the keys, ``[..., 2C:]`` the
+    values). ``n_head``: H. Returns ``(q, k, v)``, each (B, H, T, D) with D = C // H;
+    head h gets features ``h*D`` to ``(h+1)*D - 1`` of its C-wide chunk, as in chapter 04.
+
+    Example: gpt2 (124M) has C = 768 and H = 12, so ``c_attn_out`` (1, 5, 2304) gives three
+    (1, 12, 5, 64) tensors.
+
+    Hint: ``c_attn_out.split(C, dim=-1)`` (with C = 3C // 3) gives three (B, T, C) tensors;
+    then ``.view(B, T, H, D).transpose(1, 2)`` each, or ``course_lib.layers.split_heads``.
+    Splitting into heads *before* splitting q, k, v apart mixes them up.
+    """
+    C = c_attn_out.size(-1) // 3
+    q, k, v = c_attn_out.split(C, dim=-1)  # 3 x (B, T, C)
+    B, T, _ = q.shape
+    return tuple(t.reshape(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))  # 3 x (B, H, T, D)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` highest logits of each row and set all the others to ``-inf``.
+
+    ``logits``: (..., V) float, one row of V scores per position (any number of leading
+    dimensions). ``k``: an int >= 1; ``k >= V`` keeps everything. Returns a new tensor of
+    the same shape and dtype: the kept logits unchanged, the rest ``float("-inf")`` (so
+    that softmax gives them probability 0). A logit *equal* to the k-th highest is kept
+    too, so with ties more than k may stay (this is what ``transformers`` does).
+
+    Example: ``top_k_filter(torch.tensor([1., 3., 2., 3., 0.]), 2)`` ->
+    ``[-inf, 3., -inf, 3., -inf]``; with ``k=3``: ``[-inf, 3., 2., 3., -inf]``.
+
+    Hint: ``torch.topk(logits, min(k, V), dim=-1).values[..., -1:]`` is the k-th highest of
+    each row, shape (..., 1); ``logits.masked_fill(logits < kth, float("-inf"))``.
+    """
+    k = min(k, logits.size(-1))
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1) the k-th highest logit of each row
+    return logits.masked_fill(logits < kth, float("-inf"))  # (..., V)
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus (top-p) filter: keep the most probable tokens until their probability reaches ``p``.
+
+    ``logits``: (..., V) float (some may already be ``-inf``); ``p``: a float in (0, 1].
+    Sort each row's tokens from most to least probable (probabilities = softmax of the
+    row). A token is dropped (set to ``-inf``) when the tokens ranked *above* it already
+    hold at least ``p`` of the probability; the most probable token always stays (nothing
+    is above it). Returns a new tensor of the same shape, the kept logits unchanged, in
+    the original (vocabulary) order.
+
+    Example: logits whose probabilities are ``[0.1, 0.5, 0.3, 0.1]`` (tokens 0..3), ``p=0.7``:
+    ranked 1, 2, then 0 and 3; above token 1 there is 0, above token 2 there is 0.5 < 0.7
+    (kept), above the next one 0.8 >= 0.7 (dropped), so tokens 1 and 2 stay. ``p=1.0``
+    keeps every token; a tiny ``p`` keeps only the top one.
+
+    Hint: ``sorted_logits, order = torch.sort(logits, dim=-1, descending=True)``;
+    ``probs = softmax(sorted_logits)``; ``before = probs.cumsum(-1) - probs`` is what the
+    tokens ranked above hold; ``drop = before >= p`` is in sorted order: put it back with
+    ``drop.scatter(-1, order, drop)``, then ``masked_fill``.
+    """
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (..., V)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
+    drop_sorted = before >= p  # (..., V) in sorted order
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_with_temperature(logits: torch.Tensor, temperature: float,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one token per row from ``softmax(logits / temperature)``: (B, V) -> (B,) int64.
+
+    ``logits``: (B, V) float32, the last position's scores for B sequences. ``temperature``
+    > 0: below 1 sharpens the distribution (towards greedy), above 1 flattens it (towards
+    uniform). ``generator``: a ``torch.Generator`` (or ``None``); a generator seeded the
+    same way must give the same tokens, which is how a seed makes generation repeatable.
+
+    Draw with ``torch.multinomial(probs, num_samples=1, generator=generator)`` on the
+    (B, V) probabilities (it draws one column index per row) and return the result as
+    (B,) int64. The grader runs your function and the course's with generators seeded
+    alike and compares the tokens, so draw exactly like that, once, with ``generator``.
+
+    Example: ``logits = torch.tensor([[2.0, 1.0, 0.0]])``: temperature 1 gives probabilities
+    ``[0.665, 0.245, 0.090]``; temperature 0.5 ``[0.867, 0.117, 0.016]``; temperature 2
+    ``[0.506, 0.307, 0.186]``.
+
+    Hint: ``probs = torch.softmax(logits / temperature, dim=-1)``; ``torch.multinomial``
+    returns (B, 1): ``.squeeze(-1)``.
+    """
+    probs = torch.softmax(logits / temperature, dim=-1)  # (B, V)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
+
+
+def kv_cache_step(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of generation with a KV cache, for one attention layer, all heads at once.
+
+    ``k_cache``, ``v_cache``: (B, H, P, D), the keys and values of the P tokens so far
+    (P may be 0). ``q``, ``k_new``, ``v_new``: (B, H, 1, D), the new token's query, key and
+    value. Append the new key and value to the cache along the token axis (after the
+    cached ones), then let the new query attend to all P + 1 keys:
+    ``softmax(q @ k_all^T / sqrt(D)) @ v_all``. No mask is needed: the newest token may
+    see every token, itself included.
+
+    Returns ``(out, k_all, v_all)``: ``out`` (B, H, 1, D); ``k_all``, ``v_all``
+    (B, H, P + 1, D), the cache for the next step. ``out`` is exactly the last row of
+    causal attention over the whole sequence of P + 1 tokens, computed with 1 query
+    instead of P + 1: that is the KV cache's saving.
+
+    Example: with gpt2's D = 64 and 7 tokens cached, ``k_cache`` (1, 12, 7, 64) and
+    ``k_new`` (1, 12, 1, 64) give ``k_all`` (1, 12, 8, 64) and ``out`` (1, 12, 1, 64).
+
+    Hint: ``torch.cat([k_cache, k_new], dim=2)``; then chapter 02's attention
+    (``course_lib.layers.scaled_dot_product_attention(q, k_all, v_all)``, or by hand).
+    """
+    k_all = torch.cat([k_cache, k_new], dim=2)  # (B, H, P + 1, D)
+    v_all = torch.cat([v_cache, v_new], dim=2)
+    scores = q @ k_all.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, 1, P + 1)
+    out = torch.softmax(scores, dim=-1) @ v_all  # (B, H, 1, D)
+    return out, k_all, v_all
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """GPT-2's position ids for a left-padded batch: real tokens count 0, 1, 2, ...; pads get 0.
+
+    ``attention_mask``: (B, T) integers, 1 = real token, 0 = padding, each row padded on
+    the left (some 0s, then 1s). Returns (B, T) int64: the position of a real token is the
+    number of real tokens before it, so a padded prompt gets exactly the positions it
+    would get alone (and generates the same text); pads get 0 (they are masked anyway).
+
+    Example::
+
+        attention_mask = [[0, 0, 1, 1, 1],
+                          [1, 1, 1, 1, 1]]
+        result         = [[0, 0, 0, 1, 2],
+                          [0, 1, 2, 3, 4]]
+
+    Hint: ``attention_mask.long().cumsum(-1)`` counts the real tokens up to and including
+    each position; subtract 1; the pads are then -1: ``.clamp(min=0)``.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+
+
+def decoder_attention_mask(attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """The bool mask GPT-2's attention uses for a padded batch, True = may attend: causal *and* not padding.
+
+    ``attention_mask``: (B, P + T) integers, 1 = real token, 0 = padding, for *every* token
+    so far: the P cached ones, then the T = ``new_tokens`` new ones (the queries). Rows are
+    padded on the left. Returns bool (B, 1, T, P + T): new token i of row b may attend to
+    key j when j is not in its future (``causal_mask(T, P + T)``, with the cache's offset)
+    and key j of row b is a real token. The singleton axis broadcasts over the heads of
+    the scores (B, H, T, P + T).
+
+    Example, one row, two pads, no cache (P = 0, T = 4)::
+
+        attention_mask = [[0, 0, 1, 1]]
+        result[0, 0]   = [[False, False, False, False],   # a pad: sees nothing (it is ignored)
+                          [False, False, False, False],
+                          [False, False, True,  False],
+                          [False, False, True,  True ]]
+
+    The next step of generation (a cache of P = 4, one new token, mask ``[[0, 0, 1, 1, 1]]``)
+    gives ``[[[[False, False, True, True, True]]]]``.
+
+    Hint: ``causal_mask(new_tokens, total)`` from above is (T, P + T);
+    ``(attention_mask != 0)[:, None, None, :]`` is (B, 1, 1, P + T); ``&`` broadcasts them.
+    """
+    total = attention_mask.size(-1)  # P + T
+    causal = causal_mask(new_tokens, total)  # (T, P + T)
+    return causal & (attention_mask != 0)[:, None, None, :]  # (B, 1, T, P + T)
+
+
+def greedy_generate(logits_fn: Callable[[torch.Tensor], torch.Tensor], input_ids: torch.Tensor,
+                    max_new_tokens: int) -> torch.Tensor:
+    """Greedy decoding, without a cache: append the most likely next token, ``max_new_tokens`` times.
+
+    ``logits_fn``: the model, a function from token ids (B, T) int64 to logits (B, T, V),
+    where ``logits[:, t]`` scores the token that follows position t. ``input_ids``:
+    (B, T0) int64, the prompts. At every step, call ``logits_fn`` on *all* the ids so far,
+    take the last position's logits, pick each row's highest-scoring token and append it
+    as a new column. Returns (B, T0 + max_new_tokens) int64: the prompts followed by the
+    new tokens (``max_new_tokens=0`` returns the prompts).
+
+    Example: a model that always scores token ``(last id + 1) % V`` highest, with
+    ``input_ids = [[5, 6]]`` and ``max_new_tokens=3``: ``[[5, 6, 7, 8, 9]]`` (for V > 9).
+
+    Hint: ``logits_fn(ids)[:, -1]`` is (B, V); ``.argmax(dim=-1)`` is (B,);
+    ``torch.cat([ids, new[:, None]], dim=1)``.
+    """
+    ids = input_ids
+    for _ in range(max_new_tokens):
+        new = logits_fn(ids)[:, -1].argmax(dim=-1)  # (B,) the highest-scoring next token
+        ids = torch.cat([ids, new[:, None]], dim=1)  # (B, T + 1)
+    return ids
