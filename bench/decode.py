@@ -1,0 +1,263 @@
+"""Decode benchmark: GPT-2 generation speed, course_lib vs transformers, same weights, same run.
+
+    .venv/bin/python bench/decode.py [--tokens 64] [--repeats 7] [--threads 2] [--prompt-len 16] [--quick]
+
+Model: transformers' ``GPT2Config()`` (gpt2, 124M: 12 layers, 768 wide, vocabulary 50257) with
+random weights, made once (seeded) by transformers and written with ``save_pretrained`` into a
+temporary folder; ``course_lib.load_model(folder)`` reads that file, so every library holds the
+same weights. Batch 1, float32, CPU, KV cache on, greedy, a fixed prompt of ``--prompt-len``
+random token ids, exactly ``--tokens`` new tokens (no early stop). Three ways to generate:
+
+- transformers: ``GPT2LMHeadModel.from_pretrained(folder).generate(...)`` under ``torch.inference_mode()``;
+- course_lib: ``model.generate(...)``, chapter 02's layers as written, from primitive ops;
+- course_lib fused: a second loaded copy after ``course_lib.fused.fuse`` (PyTorch's fused kernels,
+  oneDNN's linear for the matrix-vector products of one token at a time).
+
+Each is warmed up once, then the repetitions are interleaved (the order rotates every
+repetition) so machine noise hits all three alike. Printed, as medians:
+- whole call: new tokens per second of the whole ``generate`` call, and ms per token;
+- prefill: time from the call to the first new token (the prompt's forward pass + choosing);
+- decode steps: tokens per second after the first token, ``(tokens - 1) / (last - first)``,
+  timed with each library's streaming callback — the steady state that the ceiling bounds;
+- ratios against transformers: > 1 means course_lib is faster.
+All three must produce identical greedy tokens (the script exits with an error otherwise);
+max |Δ| of the prompt's last-position logits against transformers is printed too.
+
+The memory-bandwidth ceiling. Generating one token multiplies one vector by every weight
+matrix, so each step reads all the weights from memory once (they are far larger than the
+caches) and does only 2 flops per weight read: the step is bound by memory bandwidth.
+Bytes read per token, as counted here: every parameter of the transformer blocks, ``ln_f``,
+the token embedding ``wte`` once, as the (tied) LM head — looking up the new token's own
+embedding row reads one of those same rows — and one row of the position embedding ``wpe``.
+float32, 4 bytes each. The KV cache (read by attention, growing with the sequence) is printed
+beside it but not counted: it is about 1 % of the weights here. The machine's read bandwidth
+is measured in the same run: ``big.sum()`` over a float32 buffer of 512 MB (256 MB when less
+than 4 GB of memory is available), far larger than the caches, timed once in every repetition
+with the same threads, median. ceiling tokens/s = bandwidth / bytes per token; each
+implementation's decode-step rate is shown as a fraction of it.
+
+``--quick``: 2 layers (same width and vocabulary), 8 tokens, 3 repetitions unless given,
+a 256 MB buffer — a smoke test of the script, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+NAMES = ("transformers", "course_lib", "course_lib fused")
+
+
+def available_memory_bytes() -> int:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def make_checkpoint(folder: Path, layers: int) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=layers)).save_pretrained(folder)  # gpt2 defaults, random weights
+
+
+def bytes_per_token(model) -> dict[str, int]:
+    """Bytes of weights one decode step reads (see the module docstring for how they are counted)."""
+    gpt = model.transformer
+    blocks = sum(p.numel() * p.element_size() for p in gpt.h.parameters())
+    ln_f = sum(p.numel() * p.element_size() for p in gpt.ln_f.parameters())
+    wte = gpt.wte.weight.numel() * gpt.wte.weight.element_size()  # the LM head (tied), read whole once
+    wpe_row = gpt.wpe.weight[0].numel() * gpt.wpe.weight.element_size()
+    return {"blocks": blocks, "ln_f": ln_f, "wte (LM head)": wte, "wpe row": wpe_row,
+            "total": blocks + ln_f + wte + wpe_row}
+
+
+class Stamps:
+    """Records when each new token arrives: a transformers streamer and a course_lib ``stream`` callback."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self.prompt_seen = False
+
+    def put(self, value) -> None:  # transformers: first the prompt, then each new token
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def __call__(self, new) -> None:  # course_lib: each new token
+        self.times.append(time.perf_counter())
+
+
+def timed(generate, n: int) -> tuple[list[int], dict[str, float]]:
+    """Run one generate call; its new tokens and timings."""
+    stamps = Stamps()
+    start = time.perf_counter()
+    out = generate(stamps)
+    end = time.perf_counter()
+    tokens = out[0, -n:].tolist()
+    if len(stamps.times) != n or len(out[0]) < n:
+        raise SystemExit(f"expected {n} new tokens with a timestamp each, got {len(stamps.times)} timestamps")
+    steady = (n - 1) / (stamps.times[-1] - stamps.times[0]) if n > 1 else float("nan")
+    return tokens, {"total": end - start, "prefill": stamps.times[0] - start, "decode_rate": steady}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=None, help="new tokens per call (default 64; --quick 8)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 7; --quick 3)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="2 layers, 8 tokens, 3 repetitions: a smoke test")
+    args = parser.parse_args()
+    n = args.tokens if args.tokens is not None else (8 if args.quick else 64)
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)
+    layers = 2 if args.quick else 12
+    if n < 2 or repeats < 1 or args.prompt_len < 1 or args.threads < 1:
+        parser.error("--tokens must be >= 2; --repeats, --prompt-len and --threads >= 1")
+    torch.set_num_threads(args.threads)
+
+    from transformers import GPT2LMHeadModel  # the oracle: imported here, never by course_lib
+    from transformers.utils import logging
+
+    from course_lib import load_model
+    from course_lib.fused import fuse
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+    prompt = torch.randint(0, 50257, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "gpt2-random"
+        make_checkpoint(folder, layers)
+        ref = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+        ours = load_model(folder)
+        fused = fuse(load_model(folder))  # a second copy, on PyTorch's fused kernels
+    pad = ref.config.eos_token_id
+    for model in (ref, ours, fused):
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+
+    def run_ref(stamps):
+        with torch.inference_mode():
+            return ref.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad,
+                                use_cache=True, streamer=stamps)
+
+    runners = {
+        "transformers": run_ref,
+        "course_lib": lambda stamps: ours.generate(prompt, n, eos_token_id=[], use_cache=True, stream=stamps),
+        "course_lib fused": lambda stamps: fused.generate(prompt, n, eos_token_id=[], use_cache=True, stream=stamps),
+    }
+
+    # the same tokens, and how far the logits are apart
+    with torch.inference_mode():
+        expected = ref(prompt).logits[0, -1]
+        logit_diff = {name: (model(prompt)[0, -1] - expected).abs().max().item()
+                      for name, model in (("course_lib", ours), ("course_lib fused", fused))}
+    tokens = {name: timed(run, n)[0] for name, run in runners.items()}  # also the warm-up
+    check_tokens(tokens, tokens["transformers"])
+
+    buffer_mb = 512 if available_memory_bytes() >= 4 * 2**30 and not args.quick else 256
+    big = torch.ones(buffer_mb * 2**20 // 4)  # touched: every page is really there
+    big.sum()
+    bandwidth = []  # bytes / second
+    results = {name: [] for name in NAMES}
+    for r in range(repeats):  # interleaved, the order rotating
+        order = NAMES[r % 3:] + NAMES[:r % 3]
+        for name in order:
+            got, t = timed(runners[name], n)
+            check_tokens({name: got}, tokens["transformers"])
+            results[name].append(t)
+        sums = []
+        for _ in range(3):
+            start = time.perf_counter()
+            big.sum()
+            sums.append(time.perf_counter() - start)
+        bandwidth.append(big.numel() * big.element_size() / statistics.median(sums))
+    del big
+
+    med = {name: {k: statistics.median(t[k] for t in ts) for k in ts[0]} for name, ts in results.items()}
+    bw = statistics.median(bandwidth)
+    per_token = bytes_per_token(ours)
+    ceiling = bw / per_token["total"]
+    C, L, P = ours.config.n_embd, ours.config.n_layer, args.prompt_len
+    kv_mean = 2 * L * (P + (n - 1) / 2) * C * 4  # keys + values read per step, averaged over the run
+    params = sum(p.numel() for p in ours.parameters())
+    label = "GPT-2 124M" if layers == 12 else f"GPT-2 config with {layers} layers ({params / 1e6:.0f}M)"
+
+    print(f"{label}, random weights, batch 1, float32, CPU ({cpu_name()}), {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; prompt {P} tokens, {n} new tokens, greedy, KV cache; "
+          f"{repeats} interleaved repetitions (medians)")
+    print(f"tokens: identical in all three ({len(set(tokens['transformers']))} distinct among {n}); "
+          f"max |Δ| of last-position prompt logits vs transformers: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in logit_diff.items()))
+    print()
+    print(f"{'':18}{'whole generate call':>34}{'prefill':>12}{'decode steps (after the 1st token)':>50}")
+    print(f"{'':18}{'tok/s':>10}{'ms/token':>10}{'ratio':>14}{'ms':>12}{'tok/s':>10}{'ms/token':>10}{'ratio':>14}"
+          f"{'of ceiling':>16}")
+    ref_med = med["transformers"]
+    for name in NAMES:
+        m = med[name]
+        rate = n / m["total"]
+        whole_ratio = ref_med["total"] / m["total"]
+        step_ratio = m["decode_rate"] / ref_med["decode_rate"]
+        ratio_text = ("" if name == "transformers" else f"{whole_ratio:.2f}x", "" if name == "transformers"
+                      else f"{step_ratio:.2f}x")
+        print(f"{name:18}{rate:10.1f}{m['total'] / n * 1e3:10.1f}{ratio_text[0]:>14}{m['prefill'] * 1e3:12.1f}"
+              f"{m['decode_rate']:10.1f}{1e3 / m['decode_rate']:10.1f}{ratio_text[1]:>14}"
+              f"{m['decode_rate'] / ceiling:15.0%}")
+    print("ratio: transformers' time / this one's (> 1 means course_lib is faster)")
+    print()
+    parts = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in per_token.items() if k != "total")
+    print(f"bytes of weights read per token: {per_token['total'] / 1e6:.1f} MB ({parts} MB; float32); "
+          f"KV cache read per step, mean over the run: {kv_mean / 1e6:.1f} MB (not counted)")
+    print(f"read bandwidth, big.sum() over {buffer_mb} MB, {torch.get_num_threads()} threads: {bw / 1e9:.1f} GB/s "
+          f"(min {min(bandwidth) / 1e9:.1f}, max {max(bandwidth) / 1e9:.1f} over the repetitions)")
+    print(f"memory-bandwidth ceiling: {bw / 1e9:.1f} GB/s / {per_token['total'] / 1e6:.1f} MB = {ceiling:.1f} tokens/s "
+          f"({1e3 / ceiling:.1f} ms/token)")
+    print()
+    rate = {name: n / med[name]["total"] for name in NAMES}
+    print(f"decode ({label}, batch 1, fp32, KV cache): transformers {rate['transformers']:.1f} tok/s, "
+          f"course_lib {rate['course_lib']:.1f} ({rate['course_lib'] / rate['transformers']:.2f}x), "
+          f"course_lib fused {rate['course_lib fused']:.1f} "
+          f"({rate['course_lib fused'] / rate['transformers']:.2f}x); ceiling {ceiling:.1f} tok/s")
+
+
+def check_tokens(tokens: dict[str, list[int]], expected: list[int]) -> None:
+    """Exit with an error naming the first position where greedy tokens differ from transformers'."""
+    for name, got in tokens.items():
+        if got != expected:
+            i = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
+            raise SystemExit(f"FAIL: {name} generated different greedy tokens from transformers: first at new "
+                             f"token {i}: {got[i]} instead of {expected[i]}\n  {name}: {got}\n  transformers: "
+                             f"{expected}")
+
+
+if __name__ == "__main__":
+    main()
