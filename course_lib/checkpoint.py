@@ -446,8 +446,8 @@ def save_checkpoint(model: nn.Module, folder: str | os.PathLike) -> Path:
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         config["dtype"] = str(dtypes.pop()).removeprefix("torch.")
-    _write_atomic(folder / SAFETENSORS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
-    _write_atomic(folder / "config.json",
+    write_atomic(folder / SAFETENSORS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    write_atomic(folder / "config.json",
                   lambda path: path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
     return folder
 
@@ -460,7 +460,9 @@ def checkpoint_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             for k, v in model.state_dict().items() if k not in tied}
 
 
-def _write_atomic(target: Path, write) -> None:
+def write_atomic(target: Path, write) -> None:
+    """Call ``write(temporary_path)`` in ``target``'s folder, then rename it to ``target``: readers
+    see the old file or the whole new one, never half of it (an interrupted save leaves no debris)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(fd)
     try:
@@ -511,7 +513,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
             state[new] = tensor.contiguous()
     dst.mkdir(parents=True, exist_ok=True)
     out = dst / SAFETENSORS_NAME
-    _write_atomic(out, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    write_atomic(out, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
     with CheckpointReader([out]) as check:
         for key, tensor in state.items():
             if not torch.equal(check.get(key), tensor):

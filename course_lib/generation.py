@@ -94,7 +94,7 @@ class KVCache:
         return sum(layer.nbytes for layer in self.layers)
 
     def __repr__(self) -> str:
-        return f"KVCache(layers={len(self.layers)}, length={self.length}, {self.nbytes / 2**20:.1f} MiB)"
+        return f"KVCache(layers={len(self.layers)}, length={self.length}, {self.nbytes / 2**10:,.0f} KiB allocated)"
 
 
 # --------------------------------------------------------------------------------------

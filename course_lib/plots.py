@@ -177,3 +177,69 @@ def plot_similarity(matrix, labels: Sequence[str], title: str = "cosine similari
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
+
+
+def plot_next_token_filters(distributions: dict[str, Sequence[float]], tokens: Sequence[str]):
+    """Chapter 06: the next-token distribution as bars, once per sampling rule (full softmax,
+    temperature, top-k, top-p ...); tokens a rule removes have probability 0 and show as gaps,
+    the kept ones are renormalised. ``distributions``: {title: probabilities over ``tokens``}.
+    Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    n = len(distributions)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.0), sharey=True)
+    for ax, (title, probs) in zip(np.atleast_1d(axes), distributions.items()):
+        p = np.asarray(probs, dtype=np.float64)
+        kept = p > 0
+        ax.bar(range(len(p)), p, color=np.where(kept, "tab:blue", "lightgrey"))
+        ax.set_title(f"{title}\n{int(kept.sum())} of {len(p)} kept", fontsize=9)
+        ax.set_xticks(range(len(tokens)), tokens, rotation=70, fontsize=7)
+    np.atleast_1d(axes)[0].set_ylabel("probability")
+    fig.tight_layout()
+
+
+def plot_kv_cache_speedup(lengths: Sequence[int], seconds_with: Sequence[float], seconds_without: Sequence[float]):
+    """Chapter 06: time to generate n tokens with and without the KV cache (left) and the
+    speed-up (right). Without the cache step i recomputes all i tokens, so the time grows like
+    n²; with it each step is one token, so it grows like n. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    lengths = np.asarray(lengths)
+    with_, without = np.asarray(seconds_with, dtype=float), np.asarray(seconds_without, dtype=float)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    left.plot(lengths, without, "o-", label="without cache", color="tab:red")
+    left.plot(lengths, with_, "o-", label="with KV cache", color="tab:green")
+    left.set_xlabel("tokens generated")
+    left.set_ylabel("seconds")
+    left.legend()
+    right.plot(lengths, without / with_, "o-", color="tab:blue")
+    right.set_xlabel("tokens generated")
+    right.set_ylabel("speed-up (×)")
+    right.axhline(1, color="grey", linewidth=0.8)
+    fig.tight_layout()
+
+
+def plot_loss_curve(steps: Sequence[int], train_loss: Sequence[float], eval_steps: Sequence[int] | None = None,
+                    eval_loss: Sequence[float] | None = None, best_step: int | None = None, title: str = "training"):
+    """Chapters 06 and 08: training loss per step (and held-out loss where measured), in nats
+    per token, with perplexity = e^loss on the right axis; ``best_step`` marks the weights
+    kept. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(steps, train_loss, color="tab:blue", lw=0.6, alpha=0.7, label="train (each batch, with dropout)")
+    if eval_steps is not None and eval_loss is not None:
+        ax.plot(eval_steps, eval_loss, "o-", ms=3, color="tab:orange", label="held out")
+    if best_step:
+        ax.axvline(best_step, color="grey", ls=":", lw=1, label=f"best held-out (step {best_step})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    lo, hi = ax.get_ylim()
+    ppl = ax.twinx()
+    ppl.set_ylim(lo, hi)
+    ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+    ppl.set_yticks(ticks, [f"{np.exp(t):.0f}" for t in ticks])
+    ppl.set_ylabel("perplexity")
+    fig.tight_layout()

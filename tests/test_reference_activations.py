@@ -9,11 +9,12 @@ from course_lib.assets import reference_activations
 pytest.importorskip("transformers")
 
 
-def test_committed_reference_is_current():
+@pytest.mark.parametrize("reference", ["minilm-reference", "tiny-gpt2-reference"])
+def test_committed_reference_is_current(reference):
     from reference_activations import compute  # tests/ is on sys.path (rootdir conftest-less import)
 
-    stored, _ = reference_activations()
-    fresh = compute()
+    stored, _ = reference_activations(reference)
+    fresh = compute(reference)
     assert sorted(stored) == sorted(fresh)
     for name, tensor in fresh.items():
         assert stored[name].shape == tensor.shape, name
@@ -46,3 +47,31 @@ def test_our_encoder_reproduces_every_stored_piece():
             h = layer(h, m)
             torch.testing.assert_close(h, ref[f"hidden_states.{i}"], atol=1e-4, rtol=0)
         torch.testing.assert_close(model.pooler(h), ref["pooler_output"], atol=1e-4, rtol=0)
+
+
+def test_our_gpt2_reproduces_every_stored_piece():
+    from course_lib import load_model
+    from course_lib.models.gpt2 import gpt2_attention_mask, gpt2_position_ids
+
+    ref, prompts = reference_activations("tiny-gpt2-reference")
+    model = load_model("tiny-gpt2")
+    ids, mask = ref["input_ids"], ref["attention_mask"]
+    real = mask.bool()  # padding positions are meaningless outputs (and transformers' differ)
+    attention_mask = gpt2_attention_mask(mask, 0, ids.size(1))
+    with torch.no_grad():
+        x = model.transformer.wte(ids) + model.transformer.wpe(gpt2_position_ids(mask, 0, ids.size(1)))
+        torch.testing.assert_close(x[real], ref["embeddings"][real], atol=1e-6, rtol=0)
+        block0 = model.transformer.h[0]
+        _, weights = block0.attn(block0.ln_1(x), attention_mask, return_weights=True)
+        longest = int(mask.sum(1).argmax())  # the unpadded row
+        torch.testing.assert_close(weights[longest], ref["layer0.attention_weights"][longest], atol=1e-5, rtol=0)
+        h = x
+        n = model.config.n_layer
+        for i, block in enumerate(model.transformer.h, start=1):
+            h = block(h, attention_mask)
+            got = model.transformer.ln_f(h) if i == n else h
+            torch.testing.assert_close(got[real], ref[f"hidden_states.{i}"][real], atol=1e-4, rtol=0)
+        torch.testing.assert_close(model(ids, mask)[:, -1], ref["last_logits"], atol=1e-4, rtol=0)
+    first = torch.tensor([ids[0, mask[0].bool()].tolist()])
+    assert torch.equal(model.generate(first, 40), ref["greedy_ids"])
+    assert len(prompts) == ids.size(0)

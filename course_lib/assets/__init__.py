@@ -47,9 +47,25 @@ ASSETS: dict[str, Asset] = {
         install="it ships inside course_lib; reinstall the course: pip install -e .",
         must_contain=("train.txt", "heldout.txt", "LICENSE.txt", "README.md"),
     ),
+    "tiny-gpt2": Asset(
+        name="tiny-gpt2",
+        what="the course's own tiny GPT-2 (1.35M parameters, 6.5 MB) and its 4096-token byte-level BPE, "
+             "trained on the course corpus by `python -m course_lib.train_tiny`, in the Hub's gpt2 layout",
+        package=None,
+        install="it ships inside course_lib; reinstall the course (pip install -e .), or retrain it: "
+                "python -m course_lib.train_tiny",
+        must_contain=("config.json", "model.safetensors", "tokenizer.json", "README.md"),
+    ),
     "minilm-reference": Asset(
         name="minilm-reference",
         what="activations of transformers' BertModel on all-MiniLM-L6-v2 for two sentences (chapter 04 compares with them)",
+        package=None,
+        install="it ships inside course_lib; reinstall the course: pip install -e .",
+        must_contain=("activations.safetensors", "README.md"),
+    ),
+    "tiny-gpt2-reference": Asset(
+        name="tiny-gpt2-reference",
+        what="outputs of transformers' GPT2LMHeadModel on the tiny GPT-2 for two prompts (chapter 06 compares with them)",
         package=None,
         install="it ships inside course_lib; reinstall the course: pip install -e .",
         must_contain=("activations.safetensors", "README.md"),
@@ -69,11 +85,15 @@ def asset_path(name: str) -> Path:
     return folder
 
 
-def reference_activations() -> tuple[dict, list[str]]:
-    """The ``minilm-reference`` tensors by name, and the sentences they were computed for."""
+def reference_activations(name: str = "minilm-reference") -> tuple[dict, list[str]]:
+    """A reference asset's tensors by name (``minilm-reference`` for chapter 04,
+    ``tiny-gpt2-reference`` for chapter 06), and the texts they were computed for."""
     import json
 
     from safetensors import safe_open
 
-    with safe_open(str(asset_path("minilm-reference") / "activations.safetensors"), framework="pt") as f:
+    if not name.endswith("-reference"):
+        raise KeyError(f"{name!r} is not a reference-activations asset; use 'minilm-reference' or "
+                       f"'tiny-gpt2-reference'")
+    with safe_open(str(asset_path(name) / "activations.safetensors"), framework="pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["sentences"])
