@@ -53,6 +53,15 @@ def fake_hub_snapshot(hub_cache: Path, repo_id: str, files: dict[str, str | byte
 
 # ------------------------------------------------------------------ models
 
+def assert_close(what: str, ours: torch.Tensor, reference: torch.Tensor, tol: float = 1e-4) -> float:
+    """max |ours - reference| <= tol (shapes equal); prints it (``pytest -s``) and returns it."""
+    assert ours.shape == reference.shape, f"{what}: shape {tuple(ours.shape)} vs {tuple(reference.shape)}"
+    delta = (ours.double() - reference.double()).abs().max().item()
+    print(f"\n  max|Δ| {what}: {delta:.2e}")
+    assert delta <= tol, f"{what}: max |Δ| = {delta:.3e} > {tol:.0e}"
+    return delta
+
+
 def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
     """Every parameter random (tied ones once): LayerNorm scales around 1, everything else around 0,
     so a weight loaded into the wrong place shows. Returns the model in eval mode."""
@@ -63,3 +72,39 @@ def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> to
             is_norm_scale = name.endswith(("LayerNorm.weight", "layer_norm.weight")) or ".ln_" in f".{name}"
             p.copy_(1 + 0.1 * noise if is_norm_scale and name.endswith("weight") else scale * noise)
     return model.eval()
+
+
+# ------------------------------------------------------------------ grading cases
+
+def assert_wrong_answer_fails(chapter: str, name: str, label: str, fn, seed: int) -> None:
+    """``fn``, a typical wrong answer to exercise ``chapter.name``, must fail its check.
+
+    Labels ending in "(raises)" are wrong answers that raise; then the exception must be a
+    ``GradeError`` or come from the wrong answer itself (a file under tests/), never from a
+    bug in the check.
+    """
+    import numpy as np
+    import pytest
+
+    from course_lib.grading.registry import GradeError
+
+    check = chapter_checks(chapter)[name]
+    if not label.endswith("(raises)"):
+        with pytest.raises(GradeError):
+            check.grade(fn, np.random.default_rng(seed))
+        return
+    with pytest.raises(Exception) as info:
+        check.grade(fn, np.random.default_rng(seed))
+    assert isinstance(info.value, GradeError) or _raised_in_tests(info.value), \
+        f"the check itself failed: {info.value!r}"
+
+
+def _raised_in_tests(err: BaseException) -> bool:
+    here = Path(__file__).resolve().parent
+    tb = err.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if Path(code.co_filename).resolve().parent == here and code.co_name != "assert_wrong_answer_fails":
+            return True
+        tb = tb.tb_next
+    return False

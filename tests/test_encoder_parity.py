@@ -28,7 +28,7 @@ from course_lib.assets import asset_path
 from course_lib.checkpoint import StateDictMismatchError
 from course_lib.models.encoder import mean_pooling, sentence_embeddings
 from course_lib.tokenizer_loading import encode_batch, load_tokenizer
-from helpers import randomize_
+from helpers import assert_close, randomize_
 
 TOL = 1e-4
 
@@ -66,14 +66,6 @@ XLM_ROBERTA_BASE = {
 
 # --------------------------------------------------------------------------------------
 # Helpers
-
-def assert_close(what: str, ours: torch.Tensor, reference: torch.Tensor, tol: float = TOL) -> float:
-    assert ours.shape == reference.shape, f"{what}: shape {tuple(ours.shape)} vs {tuple(reference.shape)}"
-    delta = (ours.double() - reference.double()).abs().max().item()
-    print(f"\n  max|Δ| {what}: {delta:.2e}")
-    assert delta <= tol, f"{what}: max |Δ| = {delta:.3e} > {tol:.0e}"
-    return delta
-
 
 def padded_batch(bos: int, eos: int, pad: int, vocab: int, lengths=(12, 7), side: str = "right", seed: int = 0):
     """(ids, attention_mask), both (B, T): random tokens between bos and eos, padded on ``side``."""

@@ -34,8 +34,8 @@ def test_fused_encoder_equals_reference_on_real_weights(minilm):
     assert type(minilm.encoder.layer[0].attention.self.query) is layers.Linear
     assert minilm.encoder.layer[0].attention.self.attention_fn is layers.scaled_dot_product_attention
     assert minilm.encoder.layer[0].intermediate.intermediate_act_fn is layers.gelu
-    # oneDNN's matrix products sum in another order than BLAS: float32 rounding over 6 layers
-    torch.testing.assert_close(fast, reference, atol=5e-5, rtol=0)
+    real = mask.bool()  # padding positions are meaningless outputs (rounding differs most there)
+    torch.testing.assert_close(fast[real], reference[real], atol=1e-5, rtol=0)
     torch.testing.assert_close(fast, ref["hidden_states.6"], atol=1e-4, rtol=0)
     torch.testing.assert_close(weights, ref["layer0.attention_weights"], atol=1e-5, rtol=0)  # weights on request
 

