@@ -251,17 +251,36 @@ def _build_wordpiece(folder: Path, settings: dict, specials: dict[str, dict]):
     return tok
 
 
-def _build_byte_level_bpe(folder: Path, flavour: str, settings: dict, specials: dict[str, dict]):
+def byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], add_prefix_space: bool = False):
+    """A ``tokenizers.Tokenizer`` around a byte-level BPE vocabulary: GPT-2's regex split, every
+    byte spelled as a printable character, the BPE merges, the ByteLevel decoder. No special
+    tokens and no post-processor yet (they differ between RoBERTa and GPT-2)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    vocab = _read_json(folder / "vocab.json")
-    merges = read_merges_txt(folder / "merges.txt")
     tok = Tokenizer(models.BPE(vocab, merges, dropout=None, unk_token=None, continuing_subword_prefix="",
                                end_of_word_suffix="", fuse_unk=False))
-    add_prefix_space = bool(settings.get("add_prefix_space", False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)  # bytes -> printable chars
     tok.decoder = decoders.ByteLevel()
     return tok
+
+
+def gpt2_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], eos_token: str = "<|endoftext|>"):
+    """GPT-2's whole pipeline around a byte-level BPE vocabulary, as in the Hub's ``gpt2/tokenizer.json``:
+    no normalizer, no space added in front, nothing added around the text (the ByteLevel
+    post-processor only fixes offsets), and ``eos_token`` as a special token, so
+    "<|endoftext|>" in a text becomes its one id. ``train_tiny`` builds the tiny GPT-2's with it."""
+    from tokenizers import AddedToken
+
+    tok = byte_level_bpe(vocab, merges)
+    tok.post_processor = _post_processor(tok, "gpt2", {}, {})
+    tok.add_special_tokens([AddedToken(eos_token, special=True)])
+    return tok
+
+
+def _build_byte_level_bpe(folder: Path, flavour: str, settings: dict, specials: dict[str, dict]):
+    vocab = _read_json(folder / "vocab.json")
+    merges = read_merges_txt(folder / "merges.txt")
+    return byte_level_bpe(vocab, merges, add_prefix_space=bool(settings.get("add_prefix_space", False)))
 
 
 def _post_processor(tok, flavour: str, settings: dict, specials: dict[str, dict]):

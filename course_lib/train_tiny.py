@@ -47,6 +47,7 @@ from course_lib.fused import fuse
 from course_lib.metrics import next_token_loss, unigram_perplexity
 from course_lib.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from course_lib.tokenization import train_bpe
+from course_lib.tokenizer_loading import gpt2_tokenizer
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "assets" / "tiny-gpt2"
 SAMPLE_PROMPTS = ("The for statement", "A function definition", "def ")
@@ -91,27 +92,6 @@ class TrainSettings:
 # --------------------------------------------------------------------------------------
 # 1. The tokenizer
 
-def build_gpt2_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], eos_token: str = DOCUMENT_SEPARATOR):
-    """A ``tokenizers.Tokenizer`` with GPT-2's pipeline around a byte-level BPE vocabulary.
-
-    The same pieces as the Hub's ``gpt2/tokenizer.json`` (and as ``load_tokenizer`` builds
-    from a GPT-2 ``vocab.json`` + ``merges.txt``): no normalizer; the ByteLevel
-    pre-tokenizer (GPT-2's regex, every byte spelled as a printable character, no space
-    added in front); the BPE model; nothing added around the text (the ByteLevel
-    post-processor only fixes offsets); the ByteLevel decoder; ``eos_token`` as a special
-    token, so "<|endoftext|>" in a text becomes its one id.
-    """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-
-    tok = Tokenizer(models.BPE(vocab, merges, dropout=None, unk_token=None, continuing_subword_prefix="",
-                               end_of_word_suffix="", fuse_unk=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(eos_token, special=True)])
-    return tok
-
-
 def train_tokenizer(documents: list[str], vocab_size: int, eos_token: str = DOCUMENT_SEPARATOR):
     """Learn a byte-level BPE of ``vocab_size`` tokens (``eos_token`` is id 0) on ``documents``.
 
@@ -119,7 +99,7 @@ def train_tokenizer(documents: list[str], vocab_size: int, eos_token: str = DOCU
     the pieces of the separator "<|endoftext|>" (it is one special token).
     """
     vocab, merges = train_bpe(documents, vocab_size, special_tokens=(eos_token,))
-    return build_gpt2_tokenizer(vocab, merges, eos_token)
+    return gpt2_tokenizer(vocab, merges, eos_token)  # GPT-2's pipeline around it (chapter 03)
 
 
 # --------------------------------------------------------------------------------------
