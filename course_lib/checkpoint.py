@@ -394,10 +394,11 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
         if tuple(tensor.shape)[::-1 if transposed else 1] != expected:  # match_keys checked the header
             raise StateDictMismatchError(f"{source}: tensor {key!r} has shape {tuple(tensor.shape)}, the model's "
                                          f"{ours!r} needs {expected[::-1 if transposed else 1]}", report)
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        if transposed:  # (in, out) -> (out, in), made contiguous: the fast matrix-vector kernels want rows
-            tensor = tensor.T.contiguous()
+        target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        if transposed:  # (in, out) -> (out, in), converted and made contiguous in one copy: fast kernels want rows
+            tensor = tensor.T.to(target, memory_format=torch.contiguous_format)
+        else:
+            tensor = tensor.to(target)  # no copy when the dtype is already right
         assign_tensor(model, ours, tensor.to(device) if device is not None else tensor)
     if hasattr(model, "tie_weights"):
         model.tie_weights()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from course_lib.grading import registry
 from course_lib.grading.registry import GradeError
 from course_lib.tokenization import merge_pair
-from helpers import chapter_checks, have_solutions, load_exercise_module
+from helpers import assert_wrong_answer_fails, chapter_checks, have_solutions, load_exercise_module
 
 SEEDS = range(3)
 FILES = {"ex02": "ex02_layers.py", "ex03": "ex03_tokenizers.py"}
@@ -274,8 +274,7 @@ WRONG = [("ex02", name, label, fn) for name, cases in EX02_WRONG.items() for lab
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("chapter,name,label,fn", WRONG, ids=[f"{c}.{n}: {l}" for c, n, l, _ in WRONG])
 def test_wrong_answer_fails(chapter, name, label, fn, seed):
-    with pytest.raises(GradeError):
-        checks(chapter)[name].grade(fn, np.random.default_rng(seed))
+    assert_wrong_answer_fails(chapter, name, label, fn, seed)
 
 
 def test_every_exercise_has_wrong_answers():

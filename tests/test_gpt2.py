@@ -229,3 +229,15 @@ def test_temperature_sharpens_and_flattens():
     for t in share:
         assert abs(share[t] - expected[t]) < 0.02, (t, share[t], expected[t])
     assert share[0.5] > share[1.0] > share[2.0]
+
+
+def test_conv1d_weights_load_transposed_contiguous_in_any_dtype():
+    from course_lib import load_model
+
+    fp32 = load_model("tiny-gpt2")
+    bf16 = load_model("tiny-gpt2", dtype=torch.bfloat16)
+    for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.3.mlp.c_proj.weight"):
+        a, b = fp32.get_parameter(name), bf16.get_parameter(name)
+        assert a.is_contiguous() and b.is_contiguous() and b.dtype == torch.bfloat16
+        assert torch.equal(b, a.to(torch.bfloat16))
+    assert fp32.transformer.wte.weight.dtype == torch.float32 and bf16.lm_head.weight is bf16.transformer.wte.weight

@@ -255,7 +255,6 @@ class GPT2LMHeadModel(CourseModel):
             hidden = hidden[:, -1:]  # (B, 1, C)
         return self.lm_head(hidden)  # (B, T, V)
 
-    @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  eos_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
