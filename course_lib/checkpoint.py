@@ -396,7 +396,7 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
                                          f"{ours!r} needs {expected[::-1 if transposed else 1]}", report)
         target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
         if transposed:  # (in, out) -> (out, in), converted and made contiguous in one copy: fast kernels want rows
-            tensor = tensor.T.to(target, memory_format=torch.contiguous_format)
+            tensor = torch.empty(tuple(tensor.shape)[::-1], dtype=target).copy_(tensor.T)
         else:
             tensor = tensor.to(target)  # no copy when the dtype is already right
         assign_tensor(model, ours, tensor.to(device) if device is not None else tensor)
