@@ -118,11 +118,14 @@ class CheckpointReader:
     def __init__(self, files: list[str | os.PathLike]):
         self.files = [Path(f) for f in files]
         self._sources: dict[str, tuple[Path, object]] = {}
+        self._byte_ranges: dict[str, tuple[int, torch.dtype]] = {}  # safetensors: key -> (first byte, dtype)
         for path in self.files:
             handle = _open_safetensors(path) if path.suffix == ".safetensors" else _open_bin(path)
             keys = handle.keys() if path.suffix == ".safetensors" else list(handle)
             for key in keys:
                 self._sources[key] = (path, handle)
+            if path.suffix == ".safetensors":
+                self._byte_ranges.update(_safetensors_byte_ranges(path))
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> "CheckpointReader":
@@ -145,6 +148,34 @@ class CheckpointReader:
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {key: self.shape(key) for key in self._sources}
+
+    def dtype(self, key: str) -> torch.dtype:
+        if key in self._byte_ranges:
+            return self._byte_ranges[key][1]
+        return self._sources[key][1][key].dtype
+
+    def read_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` (along the first dimension) of tensor ``key``, as a new tensor.
+
+        From a safetensors file the bytes are read with ordinary file reads, not through the
+        memory map: pages a map has touched count in the process's memory until the map is
+        closed, so reading a whole float32 model that way costs its full size even when each
+        block is quantized and dropped at once (``load_model(quantize=...)``).
+        """
+        if key not in self._byte_ranges:  # .bin: already memory-mapped (or loaded) by torch.load
+            return self.get(key)[start:stop]
+        path, _ = self._sources[key]
+        first, dtype = self._byte_ranges[key]
+        shape = self.shape(key)
+        out = torch.empty((stop - start, *shape[1:]), dtype=dtype)
+        row_bytes = out[:1].nbytes if len(shape) > 1 else out.element_size()
+        with open(path, "rb", buffering=0) as f:
+            f.seek(first + start * row_bytes)
+            got = f.readinto(out.view(-1).view(torch.uint8).numpy()) if out.numel() else 0
+        if got != out.nbytes:
+            raise CorruptCheckpointError(f"{path}: tensor {key!r} ends early (read {got} of {out.nbytes} bytes); "
+                                         f"{_REDOWNLOAD}")
+        return out
 
     def get(self, key: str) -> torch.Tensor:
         path, handle = self._sources[key]
@@ -174,6 +205,20 @@ def _open_safetensors(path: Path):
         raise CorruptCheckpointError(
             f"{path} is not a readable safetensors file ({err}). It is probably truncated (an interrupted "
             f"download or copy) or not a safetensors file at all{_lfs_hint(path)}; {_REDOWNLOAD}") from err
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _safetensors_byte_ranges(path: Path) -> dict[str, tuple[int, torch.dtype]]:
+    """{key: (offset of its first byte in the file, dtype)} from a safetensors header (8-byte length, JSON)."""
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+    return {key: (8 + length + entry["data_offsets"][0], _SAFETENSORS_DTYPES.get(entry["dtype"], torch.uint8))
+            for key, entry in header.items() if key != "__metadata__"}
 
 
 def _lfs_hint(path: Path) -> str:
@@ -266,6 +311,7 @@ class LoadReport:
     unexpected: list[str] = dataclasses.field(default_factory=list)  # checkpoint keys nothing takes
     mismatched: list[tuple[str, str, tuple, tuple]] = dataclasses.field(default_factory=list)
     # (our key, checkpoint key, our shape, checkpoint shape)
+    transposed: set[str] = dataclasses.field(default_factory=set)  # our keys the file stores as (in, out)
 
     @property
     def ok(self) -> bool:
@@ -359,6 +405,7 @@ def match_keys(model: nn.Module, checkpoint_shapes: dict[str, tuple]) -> LoadRep
         else:
             report.unexpected.append(key)
     report.missing = [k for k in model_shapes if k not in report.loaded]
+    report.transposed = {k for k in report.loaded if stored_transposed(model, k)}
     for ours, key in report.loaded.items():
         if model_shapes[ours] != tuple(checkpoint_shapes[key]):
             report.mismatched.append((ours, key, model_shapes[ours], tuple(checkpoint_shapes[key])))
@@ -381,20 +428,31 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
     moved to ``device`` as it is read, then *replaces* the model's parameter: the model
     may have been built on the ``meta`` device (no memory, no random init), so loading
     allocates each parameter at most once — not at all when the file already holds the
-    wanted dtype on the CPU: the parameter then stays memory-mapped from the file. Keys in ``report.mismatched`` are left as they
+    wanted dtype on the CPU: the parameter then stays memory-mapped from the file. A
+    quantized layer (``course_lib.quantization``) instead quantizes its float weight while
+    reading it (``fill_from_checkpoint``). Keys in ``report.mismatched`` are left as they
     are (strict loading refuses them before this; ``strict=False`` keeps their random init).
     """
     mismatched = {ours for ours, *_ in report.mismatched}
     for ours, key in report.loaded.items():
         if ours in mismatched:
             continue
+        module_path, _, name = ours.rpartition(".")
+        module = model.get_submodule(module_path)
+        transposed = ours in report.transposed
+        if hasattr(module, "fill_from_checkpoint") and name == "weight" and reader.dtype(key).is_floating_point:
+            # a quantized layer (chapter 07) reads and quantizes its float weight block by block
+            module.fill_from_checkpoint(reader, key, transposed)
+            continue
         tensor = reader.get(key)
-        expected = tuple(model.get_parameter(ours).shape if _is_param(model, ours) else model.get_buffer(ours).shape)
-        transposed = stored_transposed(model, ours)
+        is_param = name in module._parameters
+        expected = tuple(getattr(module, name).shape)
         if tuple(tensor.shape)[::-1 if transposed else 1] != expected:  # match_keys checked the header
             raise StateDictMismatchError(f"{source}: tensor {key!r} has shape {tuple(tensor.shape)}, the model's "
                                          f"{ours!r} needs {expected[::-1 if transposed else 1]}", report)
-        target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        # parameters take the wanted dtype; buffers keep the one the model declares (quantized scales stay bfloat16)
+        target = (dtype if is_param and dtype is not None else getattr(module, name).dtype) \
+            if tensor.is_floating_point() else tensor.dtype
         if transposed:  # (in, out) -> (out, in), converted and made contiguous in one copy: fast kernels want rows
             tensor = torch.empty(tuple(tensor.shape)[::-1], dtype=target).copy_(tensor.T)
         else:
@@ -444,6 +502,8 @@ def save_checkpoint(model: nn.Module, folder: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     state = checkpoint_state_dict(model)
     config = {**model.config.to_dict(), "architectures": [model.architecture]}
+    if getattr(model, "quantization", None) is not None:  # our own format: load_model recognises it
+        config["quantization_config"] = {"quant_method": "course_lib", "scheme": str(model.quantization)}
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         config["dtype"] = str(dtypes.pop()).removeprefix("torch.")

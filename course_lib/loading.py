@@ -8,7 +8,8 @@ The steps, each in the module that owns it:
 4. ``checkpoint.match_keys``: checkpoint keys -> our names (prefixes, gamma/beta, ties);
    strict: every problem reported at once, nothing half-loaded;
 5. ``checkpoint.load_state``: tensor by tensor from the memory-mapped file, converted to
-   ``dtype`` and moved to ``device`` on the way.
+   ``dtype`` and moved to ``device`` on the way (or, with ``quantize=``, quantized block by
+   block as it is read: ``course_lib.quantization``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from course_lib import hub
+from course_lib import hub, quantization
 from course_lib.checkpoint import (BIN_FILES, CheckpointError, CheckpointReader, StateDictMismatchError,
                                    check_fully_loaded, load_state, match_keys, weight_files)
 from course_lib.models import TASKS, CourseModel, PretrainedConfig, config_from_dict, model_class
@@ -76,6 +77,28 @@ def model_folder(src: str | os.PathLike, revision: str | None = None) -> Path:
     return folder
 
 
+def _quantize_scheme(quantize):
+    """``quantize=`` -> a ``quantization.Scheme`` (or None), with an error that names the choices."""
+    if quantize is None:
+        return None
+    if str(quantize).lower() in DTYPES:
+        raise ValueError(f"quantize={quantize!r} is a float type: load with dtype={quantize!r} instead; quantize= "
+                         f"takes 'int8' or 'int4' (also 'int4-g64', 'int4-g128', '-zp' variants, 'int8-tensor')")
+    return quantization.parse_scheme(quantize)
+
+
+def _saved_scheme(config: PretrainedConfig, folder: Path):
+    """The scheme of a checkpoint ``save_pretrained`` wrote from a quantized model, else None."""
+    saved = config.extra.get("quantization_config")
+    if saved is None:
+        return None
+    if not isinstance(saved, dict) or saved.get("quant_method") != "course_lib":
+        method = saved.get("quant_method") if isinstance(saved, dict) else saved
+        raise CheckpointError(f"{folder}/config.json says the weights are quantized with {method!r}, a format "
+                              f"this course cannot read; load the original float checkpoint (and quantize= it)")
+    return quantization.parse_scheme(saved.get("scheme", ""))
+
+
 def _asset_names() -> set[str]:
     from course_lib.assets import ASSETS
 
@@ -92,21 +115,28 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
     ``"causal-lm"`` for GPT-2),
     ``"base"`` (hidden states), ``"masked-lm"`` or ``"causal-lm"`` (logits).
     ``dtype``: ``None`` (float32), ``"auto"`` (as saved), or a float dtype / its name.
+    ``quantize``: ``None``, ``"int8"`` (per-channel) or ``"int4"`` (groups of 32; also
+    ``"int4-g64"``, ``"int4-g128"``, ``"-zp"`` variants, ``"int8-tensor"``): weight-only,
+    applied while reading the file, so a float32 copy of the model never exists
+    (``course_lib.quantization``). A folder written by a quantized model's
+    ``save_pretrained`` loads quantized as it was saved.
     ``strict``: refuse any missing, unexpected or wrongly shaped key (default). With
     ``strict=False`` missing parameters keep a random init and the problems are only
     reported in ``model.load_report``.
     The report of what was loaded, renamed and skipped is ``model.load_report``.
     """
-    if quantize is not None:
-        raise NotImplementedError(f"quantize={quantize!r}: quantization while loading arrives with chapter 07; "
-                                  f"load with quantize=None for now")
     if task not in TASKS:  # checked before anything is downloaded
         raise ValueError(f"task={task!r} is not one of {', '.join(map(repr, TASKS))}")
     if dtype != "auto":
         resolve_dtype(dtype, None)  # raises for a bad dtype before anything is downloaded
+    scheme = _quantize_scheme(quantize)
     folder = model_folder(src, revision)
     config = read_config(folder)
     dtype = resolve_dtype(dtype, config)
+    saved = _saved_scheme(config, folder)
+    if saved is not None and scheme not in (None, saved):
+        raise ValueError(f"{folder} holds a model already quantized as {saved}; load it with quantize=None "
+                         f"(or {str(saved)!r}), or quantize the original float checkpoint as {scheme}")
     cls = model_class(config, task)
     source = f"{src}" if str(src) == str(folder) else f"{src} ({folder})"
     with CheckpointReader.from_folder(folder) as reader:
@@ -116,6 +146,8 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
                 model = cls.for_checkpoint(config, shapes)
         else:
             model = cls.for_checkpoint(config, shapes).to(dtype)
+        if saved is not None:  # the file holds integers and scales: match against the quantized layers
+            quantization.quantize_model(model, saved)
         report = match_keys(model, shapes)
         if strict and not report.ok:
             raise StateDictMismatchError(
@@ -123,7 +155,14 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
                 f"Check that the model id and task are right (a bare encoder has no masked-LM head: use "
                 f"task='base'), and that config.json belongs to these weights; strict=False loads anyway "
                 f"and leaves the problems in model.load_report", report)
-        load_state(model, reader, report, dtype=dtype, device=device, source=source)
+        if scheme is not None and saved is None:
+            # quantize while loading: the layers are swapped now (still without data) and each
+            # one quantizes its weight block by block as it is read; float32 is never whole
+            quantization.quantize_model(model, scheme)
+        load_state(model, reader, report, dtype=dtype, device=None if scheme or saved else device, source=source)
+    if scheme is not None or saved is not None:
+        quantization.use_kernel_layouts(model)  # a no-op for layers quantized while reading
+        model.to(device=device, dtype=dtype)  # quantized layers keep their integers and scales, note the dtype
     if not strict and device is not None:
         model.to(device)
     check_fully_loaded(model, source)

@@ -372,7 +372,11 @@ def test_bad_arguments_fail_before_any_download(offline_empty_cache, good):
         load_model("org/not-cached", dtype="int8")
     with pytest.raises(ValueError, match="not a floating-point type.*quantize="):
         load_model("org/not-cached", dtype=torch.int8)
-    with pytest.raises(NotImplementedError, match="quantize='int8'.*chapter 07"):
-        load_model("org/not-cached", quantize="int8")
+    with pytest.raises(ValueError, match="scheme 'int9' is not known.*'int8'"):
+        load_model("org/not-cached", quantize="int9")
+    with pytest.raises(ValueError, match="quantize='bf16' is a float type: load with dtype='bf16'"):
+        load_model("org/not-cached", quantize="bf16")
+    with pytest.raises(ValueError, match="int4 is always group-wise"):
+        load_model("org/not-cached", quantize="int4-tensor")
     with pytest.raises(ValueError, match="task='causal-lm' does not exist for model_type 'bert'"):
         load_model(good[0], task="causal-lm")

@@ -94,7 +94,10 @@ class CourseModel(nn.Module):
         """Make every tied key the same Parameter object as its source."""
         for key, source in self.tied_weights.items():
             module_path, _, name = key.rpartition(".")
-            setattr(self.get_submodule(module_path), name, self.get_parameter(source))
+            source_path, _, source_name = source.rpartition(".")
+            tensor = self.get_submodule(source_path)._parameters.get(source_name)
+            if tensor is not None:  # a quantized table has none: its head reads it (quantization.TiedQuantHead)
+                setattr(self.get_submodule(module_path), name, tensor)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Number of distinct parameter values (tied tensors count once)."""

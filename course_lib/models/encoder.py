@@ -31,7 +31,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from course_lib.layers import (Dropout, Embedding, LayerNorm, Linear, activation, gelu, linear, merge_heads,
+from course_lib.layers import (Dropout, Embedding, LayerNorm, Linear, activation, gelu, merge_heads,
                                padding_mask, scaled_dot_product_attention, split_heads)
 from course_lib.models.base import CourseModel, PretrainedConfig
 
@@ -342,7 +342,7 @@ class BertLMPredictionHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return linear(self.transform(hidden_states), self.decoder.weight, self.bias)  # (B, T, V)
+        return self.decoder(self.transform(hidden_states)) + self.bias  # (B, T, V)
 
 
 class BertLMHead(nn.Module):
@@ -369,7 +369,7 @@ class RobertaLMHead(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         x = self.layer_norm(self.act_fn(self.dense(hidden_states)))  # (B, T, C)
-        return linear(x, self.decoder.weight, self.bias)  # (B, T, V)
+        return self.decoder(x) + self.bias  # (B, T, V)
 
 
 class BertForMaskedLM(CourseModel):
