@@ -155,16 +155,19 @@ def quantize_int4(w: torch.Tensor, group_size: int = 32, zero_point: bool = Fals
     """float (N, K) -> (q uint8 (N, K) in [0, 15], scale bfloat16 (N, K / group_size), zero uint8 or None).
 
     Symmetric: ``scale = max|w| / 7`` per group, ``q = round(w / scale) + 8`` (levels 1..15),
-    ``w ≈ (q - 8) * scale``. Zero point: ``scale = (max - min) / 15``, ``zero =
-    round(-min / scale)``, ``q = round(w / scale) + zero`` clamped to 0..15, ``w ≈ (q - zero)
-    * scale``: all 16 levels cover the group's own range.
+    ``w ≈ (q - 8) * scale``. Zero point: with ``lo = min(min, 0)`` and ``hi = max(max, 0)``,
+    ``scale = (hi - lo) / 15``, ``zero = round(-lo / scale)``, ``q = round(w / scale) + zero``
+    clamped to 0..15, ``w ≈ (q - zero) * scale``: all 16 levels cover the group's own range.
     """
     groups = group_rows(w.float(), group_size)  # (N, G, g)
     if not zero_point:
         scale = absmax_scale(groups, 7, dim=-1)  # (N, G, 1)
         q = quantize_absmax(groups, scale, 7).to(torch.int16) + 8
         return q.to(torch.uint8).flatten(-2), scale.squeeze(-1), None
-    lo, hi = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
+    # the range always includes 0, so 0.0 is exactly a level (the zero point) and a group whose
+    # values all have the same sign still fits (zero 0 or 15) instead of being clamped away
+    lo = groups.amin(dim=-1, keepdim=True).clamp(max=0)
+    hi = groups.amax(dim=-1, keepdim=True).clamp(min=0)
     scale = ((hi - lo) / 15).to(SCALE_DTYPE)
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     zero = torch.clamp(torch.round(-lo / scale.float()), 0, 15)

@@ -1,0 +1,273 @@
+"""Chapter 07 exercises: quantization, storing weights in 8 and 4 bits.
+
+A float32 weight takes 4 bytes. Symmetric ("absmax") quantization stores an integer ``q``
+and a scale instead, with ``w ≈ q * scale``: int8 keeps levels -127..127 (1 byte per
+weight), int4 keeps -7..7 (half a byte, two values packed into each byte). The scale is
+``max|w| / qmax`` over the weights that share it: the whole tensor ("per-tensor"), one
+output row ("per-channel"), or a group of ``group_size`` consecutive weights of a row
+("group-wise", int4). The fewer weights share a scale, the less one outlier coarsens the
+others, and the more bytes the scales take. An affine scheme adds a zero point per group,
+``w ≈ (q - zero) * scale``, so that the 16 levels of int4 span the group's [min, max].
+Shapes: N output rows (``out_features``), K values per row (``in_features``), g the group
+size, G = K / g groups per row.
+
+Two rules hold everywhere, as in ``course_lib.quantization`` and PyTorch's kernels:
+
+* **Scales are bfloat16.** Compute ``max|w| / qmax`` in float32, then round it with
+  ``.to(torch.bfloat16)``: that is how the scale is stored (2 bytes) and how the int8 and
+  int4 kernels read it, so the integers must be computed with the *rounded* scale (divide
+  by ``scale.float()``). A scale that comes out 0 (all the weights it covers are 0)
+  becomes 1, so that dividing by it is safe.
+* **Round to the nearest level** with ``torch.round`` before converting to an integer
+  dtype: ``.to(torch.int8)`` alone truncates toward zero (2.9 -> 2). ``torch.round``
+  rounds a value exactly halfway to the even neighbour (2.5 -> 2, 3.5 -> 4); random
+  weights are practically never exactly halfway, and where one lands within float
+  rounding of a half, the checks accept either level.
+
+You may use any ``torch`` operation. Not ``course_lib.quantization``: it is the answer key,
+and the grader switches it off while your code runs. The functions later in this file can
+call the ones you wrote earlier.
+
+Write the body of each function below, replacing ``raise NotImplementedError``. Then grade:
+
+* in the notebook ``notebooks/07_quantization.ipynb``: ``check("ex07.int8_absmax_round_trip")``
+  (one cell per exercise) — grading runs in a fresh process, so save this file and run the
+  cell again;
+* in a terminal: ``python -m course_lib.grade ex07`` (all) or ``python -m course_lib.grade
+  ex07.pack_int4`` (one).
+
+The checks use random weights with a few large outliers, odd numbers of rows, all-zero
+rows and groups, and group sizes from 4 to 128, and compare with ``course_lib.quantization``:
+integers and scales exactly (dtypes too), dequantized weights to float32 rounding, the
+error to 1e-5 relative.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def int8_absmax_round_trip(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-tensor int8 absmax: quantize ``w`` with one scale, then dequantize it again.
+
+    ``w``: float32, any shape (a weight matrix (N, K) usually). Returns ``(q, scale, w_hat)``:
+
+    * ``scale``: bfloat16, shape () — ``max|w| / 127`` over the whole tensor, computed in
+      float32, then rounded to bfloat16. Why round it: the scale is *stored* in bfloat16,
+      and the int8 kernel reads that bfloat16 value, so the integers must be the ones for
+      the rounded scale (with the float32 scale a few of them would be off by one). An
+      all-zero ``w`` gets scale 1.
+    * ``q``: int8, the shape of ``w``: ``round(w / scale)``, dividing by the rounded scale
+      in float32, clamped to [-127, 127]. (-128 stays unused, so the range is symmetric.
+      Here the clamp is only a safety net: rounding the scale to bfloat16 can push
+      max|w| / scale above 127, but never past 127.496, which still rounds to 127. With a
+      smaller scale it matters: see ``quantize_with_scale``.)
+    * ``w_hat``: float32, the shape of ``w``: ``q * scale``, the weights the model computes
+      with. Convert both to float32 first: an int8 times a bfloat16 tensor is computed in
+      bfloat16.
+
+    Example::
+
+        w = [[0.5, -1.27], [0.01, 0.0]]
+        max|w| = 1.27; 1.27 / 127 = 0.01, in bfloat16 0.010009765625
+        q     = [[50, -127], [1, 0]]                 # 0.5 / 0.010009765625 = 49.95 -> 50
+        w_hat = [[0.50048828, -1.27124023], [0.01000977, 0.0]]
+
+    Hint: ``scale = (w.abs().amax() / 127).to(torch.bfloat16)``, then
+    ``torch.where(scale == 0, torch.ones_like(scale), scale)``;
+    ``torch.round(w / scale.float()).clamp(-127, 127).to(torch.int8)``;
+    ``q.float() * scale.float()``.
+    """
+    scale = (w.float().abs().amax() / 127).to(torch.bfloat16)  # () rounded as it is stored
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # all-zero w: any scale works, 1 is safe
+    q = torch.round(w.float() / scale.float()).clamp(-127, 127).to(torch.int8)
+    w_hat = q.float() * scale.float()  # float32: the product of a 7-bit int and a bfloat16 is exact
+    return q, scale, w_hat
+
+
+def per_channel_scales(w: torch.Tensor) -> torch.Tensor:
+    """Per-channel int8 absmax scales: one bfloat16 scale per output row of a float32 (N, K) weight.
+
+    Returns bfloat16 (N,): ``scale[i] = max_j |w[i, j]| / 127``, computed in float32, then
+    rounded to bfloat16; a row of zeros gets 1. Row i produces output i
+    (``y_i = sum_j w[i, j] x_j``), so a kernel can compute ``sum_j q[i, j] * x_j`` and
+    multiply that sum by row i's scale once. With one scale per tensor, a single outlier
+    (say 50 times the typical weight) makes the step 50 times coarser for *every* weight;
+    with one per row it only coarsens its own row, for 2 more bytes per row.
+
+    Example::
+
+        w = [[0.5, -0.1, 0.2, 0.0],
+             [1.0, -2.0, 0.3, 0.0],
+             [0.0,  0.0, 0.0, 0.0]]
+        result = [0.003936767578125, 0.0157470703125, 1.0]   # 0.5 / 127, 2 / 127 in bfloat16; 1
+
+    Hint: ``w.abs().amax(dim=1)`` is (N,): divide by 127, ``.to(torch.bfloat16)``, then
+    ``torch.where`` to replace the zeros by 1. Not ``w.amax``: a large *negative* weight
+    must fit too.
+    """
+    scale = (w.float().abs().amax(dim=1) / 127).to(torch.bfloat16)  # (N,)
+    return torch.where(scale == 0, torch.ones_like(scale), scale)
+
+
+def quantize_with_scale(w: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Symmetric quantization with a given scale: int8 ``clamp(round(w / scale), -qmax, qmax)``.
+
+    ``w``: float32 (N, K). ``scale``: bfloat16, shape () (one for the tensor) or (N, 1) (one
+    per row, shaped to broadcast against ``w``). ``qmax``: 127 (int8) or 7 (int4 levels,
+    held here in an int8). Returns int8 (N, K) with values in [-qmax, qmax].
+
+    The scale may be *smaller* than ``max|w| / qmax``: that is clipping. A scale taken from,
+    say, the 99.9th percentile of |w| instead of the maximum gives finer steps to all the
+    ordinary weights, and the few outliers beyond ``qmax * scale`` are clipped to ±qmax.
+    Then ``w / scale`` goes beyond ±qmax and the clamp matters: without it,
+    ``.to(torch.int8)`` wraps 200 around to -56.
+
+    Example::
+
+        w = [[0.1, -0.35, 2.0]], scale = 0.1 (bfloat16: 0.10009765625), qmax = 7
+        w / scale = [0.999, -3.497, 19.98]  ->  [1, -3, 7]
+
+    Hint: ``torch.round(w / scale.float())``, then ``.clamp(-qmax, qmax)``, then
+    ``.to(torch.int8)``: clamp before converting.
+    """
+    return torch.round(w.float() / scale.float()).clamp(-qmax, qmax).to(torch.int8)
+
+
+def quantization_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    """The relative error of a quantized weight, ``||w - w_hat|| / ||w||``, as a Python float.
+
+    ``w``: float32, any shape, not all zero. ``w_hat``: the same shape, float32 or another
+    float dtype (a bfloat16 copy, say). The norms are Frobenius norms, over *all* elements:
+    ``sqrt(sum((w - w_hat) ** 2)) / sqrt(sum(w ** 2))``. 0 is perfect; 0.01 is a 1 % error.
+    Unlike the mean squared error it does not depend on how large the weights are, so
+    layers and schemes can be compared. (``-20 * log10(error)`` is the signal-to-noise
+    ratio in decibels: each extra bit of precision adds about 6 dB.)
+
+    Example: ``w = [3.0, 4.0]``, ``w_hat = [3.0, 3.0]``: ``||w - w_hat|| = 1``,
+    ``||w|| = 5``, so 0.2.
+
+    Hint: ``torch.linalg.vector_norm(w.float() - w_hat.float()) /
+    torch.linalg.vector_norm(w.float())``, then ``.item()`` (or ``float(...)``).
+    """
+    w, w_hat = w.double(), w_hat.double()
+    return float(torch.linalg.vector_norm(w - w_hat) / torch.linalg.vector_norm(w))
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Pack two 4-bit values into each byte: uint8 (..., K) with values 0..15 -> uint8 (..., K / 2).
+
+    ``q``: uint8, any number of leading dimensions, K even. Byte i of a row holds value
+    ``2i`` in its low 4 bits and value ``2i + 1`` in its high 4 bits:
+    ``byte[i] = q[2i] | (q[2i + 1] << 4)`` (= ``q[2i] + 16 * q[2i + 1]``). This is the
+    course's storage layout (what a saved int4 model holds); PyTorch's int4 kernel wants
+    another one, which ``course_lib`` makes from this.
+
+    Example::
+
+        q = [3, 10, 15, 0]  ->  [3 + 16 * 10, 15 + 16 * 0] = [163, 15]    # 0xA3, 0x0F
+
+    Hint: ``q[..., 0::2]`` (even positions) and ``q[..., 1::2]`` (odd positions) are
+    (..., K / 2); ``|`` and ``<< 4`` keep the uint8 dtype.
+    """
+    q = q.to(torch.uint8)
+    return q[..., 0::2] | (q[..., 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``pack_int4``: uint8 (..., K / 2) -> uint8 (..., K) with values 0..15.
+
+    Value ``2i`` is the low 4 bits of byte i, value ``2i + 1`` its high 4 bits, so the
+    values come back interleaved: low of byte 0, high of byte 0, low of byte 1, ...
+    ``unpack_int4(pack_int4(q))`` must give ``q`` back.
+
+    Example::
+
+        packed = [163, 15]  ->  [3, 10, 15, 0]      # 163 = 0xA3: low 3, high 10
+
+    Hint: ``low = packed & 0x0F`` (or ``% 16``), ``high = packed >> 4`` (or ``// 16``);
+    ``torch.stack((low, high), dim=-1)`` is (..., K / 2, 2): ``.flatten(-2)``.
+    (``torch.cat`` would put all the low values first.)
+    """
+    low, high = packed & 0x0F, packed >> 4  # 2 x (..., K / 2)
+    return torch.stack((low, high), dim=-1).flatten(-2)  # (..., K): low, high, low, high ...
+
+
+def quantize_int4_groups(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int4, group-wise: one scale per ``group_size`` consecutive weights of a row.
+
+    ``w``: float32 (N, K), K a multiple of ``group_size`` (g). Group j of row i is
+    ``w[i, j*g:(j+1)*g]``, so ``w.reshape(N, K // g, g)`` lists the groups. For each group:
+    ``scale = max|group| / 7`` computed in float32, rounded to bfloat16 (an all-zero group
+    gets 1); ``q = clamp(round(w / scale), -7, 7) + 8``: levels 1..15 stored as unsigned
+    4-bit values (0, which would be -8, stays unused so the range is symmetric).
+
+    Returns ``(q, scale)``: ``q`` uint8 (N, K) with values 1..15 (one value per byte here;
+    ``pack_int4`` halves that), ``scale`` bfloat16 (N, K // g). The weight comes back as
+    ``(q - 8) * scale``. Why groups: 15 levels are too few for a whole row with an outlier
+    in it; groups of 32 to 128 keep an outlier's damage to its own group, and the scales
+    cost 16 bits per group (half a bit per weight for g = 32).
+
+    Example, g = 4::
+
+        w = [[0.7, -0.35, 0.1, 0.0,   2.1, 0.0, 0.0, -1.05]]
+        scale = [[0.10009765625, 0.30078125]]        # 0.7 / 7 and 2.1 / 7 in bfloat16
+        q     = [[15, 5, 9, 8,   15, 8, 8, 5]]       # -0.35 / 0.1001 = -3.497 -> -3 -> 5
+
+    Hint: ``groups = w.reshape(N, K // g, g)``; ``groups.abs().amax(dim=-1, keepdim=True)``
+    (N, G, 1) broadcasts against the groups; ``torch.round(groups / scale.float())``,
+    ``.clamp(-7, 7) + 8``, then ``.to(torch.uint8)`` (add the 8 *before* converting: a uint8
+    cannot hold -7) and ``.reshape(N, K)``; return ``scale.squeeze(-1)``.
+    """
+    N, K = w.shape
+    groups = w.float().reshape(N, K // group_size, group_size)  # (N, G, g)
+    scale = (groups.abs().amax(dim=-1, keepdim=True) / 7).to(torch.bfloat16)  # (N, G, 1)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    q = torch.round(groups / scale.float()).clamp(-7, 7) + 8  # (N, G, g) levels 1..15
+    return q.to(torch.uint8).reshape(N, K), scale.squeeze(-1)
+
+
+def quantize_int4_zero_point(w: torch.Tensor, group_size: int
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Affine int4 with a zero point, group-wise: the 16 levels span each group's [min, max].
+
+    ``w``: float32 (N, K), K a multiple of ``group_size`` (g); groups as in
+    ``quantize_int4_groups``. For each group, with ``lo = min(smallest value, 0)`` and
+    ``hi = max(largest value, 0)`` (the range always includes 0, so 0.0 is exactly one of
+    the levels):
+
+    * ``scale = (hi - lo) / 15``, computed in float32, rounded to bfloat16 (1 when it is 0:
+      an all-zero group);
+    * ``zero = clamp(round(-lo / scale), 0, 15)``: the level that stands for 0.0;
+    * ``q = clamp(round(w / scale) + zero, 0, 15)``.
+
+    Returns ``(q, scale, zero)``: ``q`` uint8 (N, K) values 0..15, ``scale`` bfloat16
+    (N, K // g), ``zero`` uint8 (N, K // g). The weight comes back as ``(q - zero) * scale``.
+    A symmetric scale has to cover ``max|w|`` on both sides; a lopsided group such as
+    [-0.1, 0.9] wastes most of the negative levels, where the zero point spends all 16 on
+    the range the group really has. A group whose values all have the same sign gets
+    zero 0 (all positive) or 15 (all negative) and still fits. The clamps are a safety net:
+    rounding the scale to bfloat16 moves a value by at most 1/30 of a level, so q and zero
+    land in 0..15 anyway.
+
+    Example, g = 4::
+
+        w = [[-0.1, 0.9, 0.4, 0.2]]
+        scale = (0.9 - (-0.1)) / 15 = 0.0667, in bfloat16 0.06689453125
+        zero  = round(0.1 / 0.0669) = round(1.495) = 1
+        q     = round([-1.495, 13.45, 5.98, 2.99]) + 1 = [0, 14, 7, 4]
+
+    Hint: ``groups.amin(dim=-1, keepdim=True).clamp(max=0)`` and ``.amax(...).clamp(min=0)``
+    are (N, G, 1); compute
+    ``zero`` and ``q`` as floats (``torch.round``, ``.clamp(0, 15)``) and convert to uint8
+    at the end.
+    """
+    N, K = w.shape
+    groups = w.float().reshape(N, K // group_size, group_size)  # (N, G, g)
+    lo = groups.amin(dim=-1, keepdim=True).clamp(max=0)  # (N, G, 1), the range includes 0
+    hi = groups.amax(dim=-1, keepdim=True).clamp(min=0)
+    scale = ((hi - lo) / 15).to(torch.bfloat16)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero = torch.round(-lo / scale.float()).clamp(0, 15)  # (N, G, 1)
+    q = (torch.round(groups / scale.float()) + zero).clamp(0, 15)  # (N, G, g)
+    return q.to(torch.uint8).reshape(N, K), scale.squeeze(-1), zero.squeeze(-1).to(torch.uint8)
