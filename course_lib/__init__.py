@@ -15,6 +15,7 @@ _LAZY = {
     "encode_batch": "course_lib.tokenizer_loading",
     "generate": "course_lib.generation",
     "load_tokenizer": "course_lib.tokenizer_loading",
+    "quantize_model": "course_lib.quantization",
 }
 
 __all__ = sorted(_LAZY)

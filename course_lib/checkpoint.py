@@ -167,6 +167,8 @@ class CheckpointReader:
         path, _ = self._sources[key]
         first, dtype = self._byte_ranges[key]
         shape = self.shape(key)
+        if not shape or not 0 <= start <= stop <= shape[0]:
+            raise IndexError(f"rows {start}:{stop} of {key!r}, a tensor of shape {tuple(shape)}")
         out = torch.empty((stop - start, *shape[1:]), dtype=dtype)
         row_bytes = out[:1].nbytes if len(shape) > 1 else out.element_size()
         with open(path, "rb", buffering=0) as f:
@@ -444,7 +446,8 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
             # a quantized layer (chapter 07) reads and quantizes its float weight block by block
             module.fill_from_checkpoint(reader, key, transposed)
             continue
-        tensor = reader.get(key)
+        # a transposed weight is copied anyway: read it with plain reads, so its file pages are not kept mapped
+        tensor = reader.read_rows(key, 0, reader.shape(key)[0]) if transposed else reader.get(key)
         is_param = name in module._parameters
         expected = tuple(getattr(module, name).shape)
         if tuple(tensor.shape)[::-1 if transposed else 1] != expected:  # match_keys checked the header

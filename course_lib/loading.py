@@ -83,7 +83,7 @@ def _quantize_scheme(quantize):
         return None
     if str(quantize).lower() in DTYPES:
         raise ValueError(f"quantize={quantize!r} is a float type: load with dtype={quantize!r} instead; quantize= "
-                         f"takes 'int8' or 'int4' (also 'int4-g64', 'int4-g128', '-zp' variants, 'int8-tensor')")
+                         f"takes 'int8' or 'int4' (also 'int4-g64', 'int4-g128', '-sym' variants, 'int8-tensor')")
     return quantization.parse_scheme(quantize)
 
 
@@ -115,8 +115,8 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
     ``"causal-lm"`` for GPT-2),
     ``"base"`` (hidden states), ``"masked-lm"`` or ``"causal-lm"`` (logits).
     ``dtype``: ``None`` (float32), ``"auto"`` (as saved), or a float dtype / its name.
-    ``quantize``: ``None``, ``"int8"`` (per-channel) or ``"int4"`` (groups of 32; also
-    ``"int4-g64"``, ``"int4-g128"``, ``"-zp"`` variants, ``"int8-tensor"``): weight-only,
+    ``quantize``: ``None``, ``"int8"`` (per-channel) or ``"int4"`` (groups of 32 with a zero
+    point; also ``"int4-g64"``, ``"int4-g128"``, ``"-sym"`` variants, ``"int8-tensor"``): weight-only,
     applied while reading the file, so a float32 copy of the model never exists
     (``course_lib.quantization``). A folder written by a quantized model's
     ``save_pretrained`` loads quantized as it was saved.

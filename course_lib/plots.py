@@ -243,3 +243,56 @@ def plot_loss_curve(steps: Sequence[int], train_loss: Sequence[float], eval_step
     ppl.set_yticks(ticks, [f"{np.exp(t):.0f}" for t in ticks])
     ppl.set_ylabel("perplexity")
     fig.tight_layout()
+
+
+def plot_memory_bars(megabytes: dict[str, float], title: str = "parameter memory", reference: str | None = None):
+    """Chapter 07: one bar per format (MB), labelled with its size and, if ``reference`` names
+    one of them, its share of that one. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    names, values = list(megabytes), np.asarray(list(megabytes.values()), dtype=float)
+    fig, ax = plt.subplots(figsize=(7, 3))
+    bars = ax.bar(names, values, color=plt.cm.viridis(np.linspace(0.15, 0.85, len(names))))
+    base = megabytes.get(reference) if reference else None
+    for bar, value in zip(bars, values):
+        label = f"{value:.0f} MB" + (f"\n{100 * value / base:.0f} %" if base else "")
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("MB")
+    ax.set_ylim(0, values.max() * 1.25)
+    ax.set_title(title)
+    fig.tight_layout()
+
+
+def plot_error_histograms(errors: dict[str, Sequence[float]], bins: int = 80, xlabel: str = "w_hat − w"):
+    """Chapter 07: a histogram of the weight errors of each scheme, on one shared x axis, each
+    titled with its RMS error. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    arrays = {name: np.asarray(e, dtype=float).ravel() for name, e in errors.items()}
+    limit = max(np.abs(a).max() for a in arrays.values()) or 1.0
+    fig, axes = plt.subplots(1, len(arrays), figsize=(2.6 * len(arrays), 2.6), sharex=True)
+    for ax, (name, a) in zip(np.atleast_1d(axes), arrays.items()):
+        ax.hist(a, bins=np.linspace(-limit, limit, bins), color="tab:purple")
+        ax.set_title(f"{name}\nRMS {np.sqrt(np.mean(a ** 2)):.2e}", fontsize=9)
+        ax.set_yticks([])
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+
+
+def plot_quality_vs_bits(bits: dict[str, float], quality: dict[str, dict[str, float]]):
+    """Chapter 07: for each quality measure (one panel each: {measure: {scheme: value}}), its value
+    against the bits stored per weight (scales and zero points included). Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(quality), figsize=(4.2 * len(quality), 3.2))
+    for ax, (measure, values) in zip(np.atleast_1d(axes), quality.items()):
+        names = [n for n in bits if n in values]
+        ax.plot([bits[n] for n in names], [values[n] for n in names], "o", color="tab:blue")
+        for n in names:
+            ax.annotate(n, (bits[n], values[n]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([4, 8, 16, 32], ["4", "8", "16", "32"])
+        ax.set_xlabel("bits per weight (stored)")
+        ax.set_title(measure, fontsize=10)
+    fig.tight_layout()
