@@ -25,6 +25,7 @@ unexpected and wrongly shaped key at once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pickle
@@ -463,7 +464,30 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
         assign_tensor(model, ours, tensor.to(device) if device is not None else tensor)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
+    release_freed_memory()
     return model
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc (Linux)
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Ask the C allocator to return freed memory to the system (glibc only; elsewhere a no-op).
+
+    glibc keeps freed blocks for reuse, so temporaries made while loading (the transposed
+    copies of GPT-2's Conv1D weights, the float32 blocks a quantized layer reads) can stay
+    resident after they are freed; ``load_state`` (and each quantized layer) calls this.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _is_param(model: nn.Module, key: str) -> bool:

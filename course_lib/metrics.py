@@ -122,3 +122,145 @@ def unigram_perplexity(train_ids: Any, eval_ids: Any, vocab_size: int, smoothing
     counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + smoothing
     log_probs = np.log(counts / counts.sum())
     return float(np.exp(-log_probs[evaluated].mean()))
+
+
+# --------------------------------------------------------------------------------------
+# Agreement with a reference model: same predictions, same directions
+
+def top1_agreement(logits: Any, reference_logits: Any) -> float:
+    """The fraction of positions where ``logits`` and ``reference_logits`` (same shape
+    (..., V)) pick the same top token (argmax over the last axis): 1.0 means every greedy
+    choice is unchanged. Chapter 07 compares a quantized model with its float32 original.
+    """
+    import torch
+
+    a, b = torch.as_tensor(to_numpy(logits)), torch.as_tensor(to_numpy(reference_logits))
+    if a.shape != b.shape:
+        raise ValueError(f"logits have shape {tuple(a.shape)}, the reference {tuple(b.shape)}: they must match")
+    if a.dim() == 0 or a.shape[-1] == 0 or a.numel() == 0:
+        raise ValueError(f"need logits of shape (..., V) with V >= 1 and at least one position, got {tuple(a.shape)}")
+    return float((a.argmax(dim=-1) == b.argmax(dim=-1)).double().mean())
+
+
+def cosine_similarity_rows(a: Any, b: Any, eps: float = 1e-12):
+    """Row-wise cosine similarity: (..., C), (..., C) -> (...,) float64 tensor, ``a·b / (|a| |b|)``.
+
+    1 = same direction. Works on embeddings normalised or not (``sentence_embeddings``
+    normalises, so there a dot product already is the cosine); a zero row gives 0.
+    """
+    import torch
+
+    a64, b64 = torch.as_tensor(_as_float64(a)), torch.as_tensor(_as_float64(b))
+    if a64.shape != b64.shape:
+        raise ValueError(f"shapes differ: {tuple(a64.shape)} vs {tuple(b64.shape)}")
+    norms = a64.norm(dim=-1) * b64.norm(dim=-1)
+    return (a64 * b64).sum(dim=-1) / norms.clamp_min(eps)
+
+
+# --------------------------------------------------------------------------------------
+# Process memory of loading a model, measured in a fresh process
+
+_LOAD_PROBE = r"""
+import json, sys, time
+
+def status_mb(field):  # from /proc/self/status (Linux); kB -> MB
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024 / 1e6
+    raise KeyError(field)
+
+def rss_mb():  # (now, peak so far)
+    try:
+        return status_mb("VmRSS"), status_mb("VmHWM")
+    except (OSError, KeyError):
+        pass
+    try:
+        import resource  # macOS, BSD: only the peak; ru_maxrss is in bytes on macOS, kB elsewhere
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
+        return peak, peak
+    except ImportError:
+        import psutil  # Windows
+        info = psutil.Process().memory_info()
+        return info.rss / 1e6, getattr(info, "peak_wset", info.rss) / 1e6
+
+args = json.loads(sys.argv[1])
+import torch
+import course_lib.loading, course_lib.quantization, course_lib.models  # everything imported before the baseline
+torch.set_num_threads(args["threads"])
+baseline, _ = rss_mb()
+try:  # Linux: reset the peak to the current size, so that nothing before this line counts
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+start = time.perf_counter()
+model = course_lib.loading.load_model(args["src"], task=args["task"], dtype=args["dtype"], quantize=args["quantize"])
+load_s = time.perf_counter() - start
+if args["forward"]:
+    with torch.inference_mode():
+        model(torch.arange(1, 9).unsqueeze(0))  # (1, 8): every weight is read once
+_, peak = rss_mb()
+print(json.dumps({"baseline_mb": baseline, "peak_mb": peak, "increase_mb": peak - baseline,
+                  "model_mb": course_lib.quantization.model_nbytes(model) / 1e6, "load_s": load_s}))
+"""
+
+
+def load_peak_memory(src: Any, quantize: str | None = None, dtype: Any = None, forward: bool = True, *,
+                     task: str = "auto", threads: int = 2, timeout: float = 300.0) -> dict[str, float]:
+    """How much process memory ``course_lib.load_model(src, quantize=..., dtype=...)`` needs, at its peak.
+
+    Returns a dict of megabytes (10^6 bytes):
+
+    - ``baseline_mb``: resident memory after importing torch and course_lib, before loading;
+    - ``peak_mb``: the process's peak resident memory (Linux ``VmHWM``) after loading and,
+      with ``forward=True``, one forward pass;
+    - ``increase_mb``: ``peak_mb - baseline_mb``, what loading (and using) the model cost;
+    - ``model_mb``: the model's parameter and buffer bytes (``quantization.model_nbytes``);
+    - ``load_s``: seconds the ``load_model`` call took.
+
+    **Why a fresh process.** A peak can only go up: once this process (a notebook kernel,
+    say) has held a float32 model, its peak stays there, and memory freed by Python is not
+    always returned to the system. So each measurement runs ``sys.executable`` anew, which
+    imports torch and course_lib, notes the baseline, loads, and reports; nothing else in
+    that process can blur the number. Offline (``HF_HUB_OFFLINE=1``): ``src`` must be a
+    folder, an asset name, or a Hub id already in the cache.
+
+    **Why a forward pass.** A float32 checkpoint is memory-mapped: ``load_model`` returns at
+    once and the operating system reads each page of the file only when a weight is first
+    used. Without using the model, its float32 weights would look almost free. One forward
+    pass on 8 token ids reads every weight, so every byte the model needs is resident and
+    the comparison with a quantized model (whose integers were computed, so are really in
+    memory) is fair. ``forward=False`` measures the load alone.
+
+    On Linux the numbers come from ``/proc/self/status`` (the peak is reset to the current
+    size once the imports are done, so only the load counts); elsewhere from ``resource``
+    (peak only, so the baseline is the peak after the imports) or ``psutil`` on Windows.
+    Takes a few seconds for a small model (mostly importing torch).
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if hasattr(dtype, "is_floating_point"):  # a torch.dtype -> its name, which load_model also accepts
+        dtype = str(dtype).removeprefix("torch.")
+    args = {"src": str(src), "quantize": None if quantize is None else str(quantize),
+            "dtype": None if dtype is None else str(dtype), "forward": bool(forward), "task": task,
+            "threads": int(threads)}
+    package_parent = str(Path(__file__).resolve().parent.parent)  # so the child imports this same course_lib
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p))
+    try:
+        done = subprocess.run([sys.executable, "-c", _LOAD_PROBE, json.dumps(args)], capture_output=True, text=True,
+                              env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"load_peak_memory({src!r}, quantize={quantize!r}, dtype={dtype!r}) took more than "
+                           f"{timeout:g} s in its fresh process") from None
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-8:])
+        raise RuntimeError(f"load_peak_memory({src!r}, quantize={quantize!r}, dtype={dtype!r}): the fresh process "
+                           f"failed (exit {done.returncode}):\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib import layers
+from course_lib.checkpoint import release_freed_memory
 
 SCALE_DTYPE = torch.bfloat16  # scales are stored (and read by the kernels) in bfloat16: 2 bytes each
 BYTES_PER_ELEMENT = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "int4": 0.5}
@@ -368,7 +369,7 @@ class QuantizedWeight(nn.Module):
         return shapes
 
     # ---- filling from float weights
-    def quantize_(self, rows_of, n_rows: int | None = None) -> "QuantizedWeight":
+    def quantize_(self, rows_of) -> "QuantizedWeight":
         """Quantize a float weight into this layer, in blocks of rows; returns ``self``.
 
         ``rows_of(start, stop)`` returns float rows ``start:stop`` of the (out, in) weight:
@@ -376,8 +377,9 @@ class QuantizedWeight(nn.Module):
         rows exists at a time.
         """
         N, K = self.out_features, self.in_features
+        self._buffers.pop("weight_zero_point", None)  # the kernel layout may have folded it into the scales
         for name, (shape, dtype) in self._plain_shapes().items():  # fresh buffers in the plain layout
-            setattr(self, name, torch.empty(shape, dtype=dtype))
+            self._buffers[name] = torch.empty(shape, dtype=dtype)
         self.layout = "plain"
         step = max(1, CHUNK_BYTES // (4 * K))
         if self.scheme.granularity == "tensor":  # one scale for all rows: a first pass finds max|w|
@@ -415,6 +417,8 @@ class QuantizedWeight(nn.Module):
             self.quantize_(lambda a, b: whole[a:b])
         else:
             self.quantize_(lambda a, b: reader.read_rows(key, a, b))
+        release_freed_memory()
+
 
     # ---- layouts
     def use_kernel_layout(self) -> "QuantizedWeight":
@@ -429,14 +433,19 @@ class QuantizedWeight(nn.Module):
             return self
         N, K = self.out_features, self.in_features
         n_pad = padded_rows(N)
-        q = unpack_int4(self.weight)
-        scale = self.weight_scale.float()  # (N, G)
-        zero = (8.0 - self.weight_zero_point.float()) * scale if self.scheme.zero_point else torch.zeros_like(scale)
-        if n_pad > N:  # padding rows: value 8 with scale 1 and zero 0 dequantize to 0
-            q = torch.cat([q, q.new_full((n_pad - N, K), 8)])
-            scale = torch.cat([scale, scale.new_ones(n_pad - N, scale.shape[1])])
-            zero = torch.cat([zero, zero.new_zeros(n_pad - N, zero.shape[1])])
-        self.weight = int4_kernel_layout(q)
+        # padding rows: value 8 with scale 1 and zero 0 dequantize to 0
+        scale = F.pad(self.weight_scale.float(), (0, 0, 0, n_pad - N), value=1.0)  # (N', G)
+        zero = (8.0 - self.weight_zero_point.float()) * self.weight_scale.float() if self.scheme.zero_point \
+            else torch.zeros(N, scale.shape[1])
+        zero = F.pad(zero, (0, 0, 0, n_pad - N))
+        packed = torch.empty(n_pad, K // 2, dtype=torch.uint8)
+        step = _BLOCK * max(1, CHUNK_BYTES // (_BLOCK * K))  # blocks of 64 rows are laid out independently
+        for start in range(0, n_pad, step):  # a block of rows at a time: no unpacked copy of the whole matrix
+            stop = min(start + step, n_pad)
+            q = unpack_int4(self.weight[start:stop])
+            q = F.pad(q, (0, 0, 0, (stop - start) - q.shape[0]), value=8)
+            packed[start:stop] = int4_kernel_layout(q)
+        self.weight = packed
         self.weight_scale = torch.stack((scale.t(), zero.t()), dim=-1).to(SCALE_DTYPE).contiguous()  # (G, N', 2)
         if self.scheme.zero_point:
             del self._buffers["weight_zero_point"]
