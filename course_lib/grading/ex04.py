@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from course_lib import layers
-from course_lib.grading.registry import GradeError, exercise, expect_close, expect_equal, forbid
+from course_lib.grading.registry import GradeError, call_learner, exercise, expect_close, expect_equal, expect_tensor
 from course_lib.models import encoder
 
 ANSWER_KEY = tuple(f"course_lib.models.encoder.{name}" for name in (
@@ -29,35 +29,12 @@ def randn(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> torch.Te
     return torch.from_numpy((rng.standard_normal(shape) * scale).astype(np.float32))
 
 
-def _clone(value):
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
-    return value
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return True
-
-
 def call(fn, *args, what: str) -> torch.Tensor:
     """Run the learner's function with the answer key switched off; it must return a tensor
     and leave its inputs (tensors, weight dicts) as they were."""
-    copies = [_clone(a) for a in args]
-    with forbid(*ANSWER_KEY, instead="; course_lib.models.encoder is the answer key (course_lib.layers and "
-                                     "torch are fine)"), torch.no_grad():
-        out = fn(*args)
-    if not isinstance(out, torch.Tensor):
-        raise GradeError(f"{what}: expected a torch.Tensor, got {type(out).__name__}")
-    if not all(_same(a, c) for a, c in zip(args, copies)):
-        raise GradeError(f"{what}: your function changed one of its inputs in place; compute new tensors "
-                         f"instead (avoid `+=`, `.masked_fill_()`, assigning into a weight ...)")
-    return out
+    out = call_learner(fn, args, what, ANSWER_KEY, "; course_lib.models.encoder is the answer key "
+                       "(course_lib.layers and torch are fine)", "`+=`, `.masked_fill_()`, assigning into a weight ...")
+    return expect_tensor(out, what)
 
 
 def random_attention_mask(rng: np.random.Generator, b: int, t: int, min_tokens: int = 1) -> torch.Tensor:

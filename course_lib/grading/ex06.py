@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from course_lib import generation, layers
-from course_lib.grading.registry import GradeError, exercise, expect_close, expect_equal, forbid
+from course_lib.grading.registry import (GradeError, call_learner, exercise, expect_close, expect_equal,
+                                         expect_tensor, expect_tensors)
 from course_lib.models import gpt2
 
 ANSWER_KEY = ("course_lib.layers.causal_mask",) + tuple(
@@ -36,42 +37,16 @@ def randn(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> torch.Te
     return torch.from_numpy((rng.standard_normal(shape) * scale).astype(np.float32))
 
 
-def _clone(value):
-    return value.clone() if isinstance(value, torch.Tensor) else value
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-    return True
-
-
 def call(fn, *args, what: str):
     """Run the learner's function with the answer key switched off; it must leave its input
     tensors as they were. Returns whatever the function returned."""
-    copies = [_clone(a) for a in args]
-    with forbid(*ANSWER_KEY, instead="; course_lib.generation and course_lib.models.gpt2 are the answer key, "
-                                     "and so is course_lib.layers.causal_mask (torch and the rest of "
-                                     "course_lib.layers are fine)"), torch.no_grad():
-        out = fn(*args)
-    if not all(_same(a, c) for a, c in zip(args, copies)):
-        raise GradeError(f"{what}: your function changed one of its inputs in place; compute new tensors "
-                         f"instead (avoid `/=`, `.masked_fill_()`, assigning into the logits or the cache ...)")
-    return out
+    return call_learner(fn, args, what, ANSWER_KEY, "; course_lib.generation and course_lib.models.gpt2 are the "
+                        "answer key, and so is course_lib.layers.causal_mask (torch and the rest of "
+                        "course_lib.layers are fine)", "`/=`, `.masked_fill_()`, assigning into the logits or the "
+                        "cache ...")
 
 
-def tensor(out, what: str) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor):
-        raise GradeError(f"{what}: expected a torch.Tensor, got {type(out).__name__}")
-    return out
-
-
-def tensors(out, n: int, what: str) -> tuple[torch.Tensor, ...]:
-    if not isinstance(out, (tuple, list)) or len(out) != n:
-        shown = f"a {type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list)) \
-            else f"a {type(out).__name__}"
-        raise GradeError(f"{what}: expected a tuple of {n} tensors, got {shown}")
-    return tuple(tensor(t, f"{what}, item {i} of the tuple") for i, t in enumerate(out))
+tensor, tensors = expect_tensor, expect_tensors
 
 
 def integer(out: torch.Tensor, what: str) -> torch.Tensor:

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from course_lib import quantization as Q
-from course_lib.grading.registry import GradeError, exercise, expect_close, forbid
+from course_lib.grading.registry import (GradeError, call_learner, exercise, expect_close,
+                                         expect_tensor, expect_tensors)
 
 ANSWER_KEY = tuple(f"course_lib.quantization.{name}" for name in (
     "absmax_scale", "quantize_absmax", "quantize_int8", "dequantize_int8", "group_rows", "quantize_int4",
@@ -74,35 +75,13 @@ def odd_rows(rng: np.random.Generator, most: int = 9) -> int:
 # ----------------------------------------------------------------------------- calling and reading results
 
 
-def _clone(value):
-    return value.clone() if isinstance(value, torch.Tensor) else value
-
-
 def call(fn, *args, what: str):
     """Run the learner's function with the answer key switched off; it must leave its inputs as they were."""
-    copies = [_clone(a) for a in args]
-    with forbid(*ANSWER_KEY, instead="; course_lib.quantization is the answer key (any torch operation is "
-                                     "fine)"), torch.no_grad():
-        out = fn(*args)
-    for a, c in zip(args, copies):
-        if isinstance(a, torch.Tensor) and not (a.dtype == c.dtype and a.shape == c.shape and torch.equal(a, c)):
-            raise GradeError(f"{what}: your function changed its input in place; compute new tensors instead "
-                             f"(avoid `/=`, `.round_()`, `.clamp_()`, assigning into w ...)")
-    return out
+    return call_learner(fn, args, what, ANSWER_KEY, "; course_lib.quantization is the answer key (any torch "
+                        "operation is fine)", "`/=`, `.round_()`, `.clamp_()`, assigning into w ...")
 
 
-def tensor(out, what: str) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor):
-        raise GradeError(f"{what}: expected a torch.Tensor, got {type(out).__name__}")
-    return out
-
-
-def tensors(out, n: int, what: str, names: str) -> tuple[torch.Tensor, ...]:
-    if not isinstance(out, (tuple, list)) or len(out) != n:
-        shown = f"a {type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list)) \
-            else f"a {type(out).__name__}"
-        raise GradeError(f"{what}: expected a tuple of {n} tensors {names}, got {shown}")
-    return tuple(tensor(t, f"{what}, item {i} of the tuple") for i, t in enumerate(out))
+tensor, tensors = expect_tensor, expect_tensors
 
 
 def show(t: torch.Tensor) -> str:

@@ -171,6 +171,59 @@ def expect_raises(exception: type[BaseException], call: Callable[[], Any], what:
     raise GradeError(f"{what}: {why}, so a {exception.__name__} was expected; your function returned {shown}")
 
 
+
+def _copy_inputs(value):
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _copy_inputs(v) for k, v in value.items()}
+    return value
+
+
+def _unchanged(a, b) -> bool:
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_unchanged(a[k], b[k]) for k in a)
+    return True
+
+
+def call_learner(fn: Callable[..., Any], args: tuple, what: str, answer_key: tuple[str, ...], instead: str,
+                 in_place_examples: str) -> Any:
+    """``fn(*args)`` with ``answer_key`` switched off (``forbid``) and gradients off; the learner's
+    function must leave its inputs (tensors, dicts of tensors) as they were. Returns its result."""
+    import torch
+
+    copies = [_copy_inputs(a) for a in args]
+    with forbid(*answer_key, instead=instead), torch.no_grad():
+        out = fn(*args)
+    if not all(_unchanged(a, c) for a, c in zip(args, copies)):
+        raise GradeError(f"{what}: your function changed one of its inputs in place; compute new tensors "
+                         f"instead (avoid {in_place_examples})")
+    return out
+
+
+def expect_tensor(out: Any, what: str):
+    """``out`` if it is a torch.Tensor, else a GradeError naming what came back."""
+    import torch
+
+    if not isinstance(out, torch.Tensor):
+        raise GradeError(f"{what}: expected a torch.Tensor, got {type(out).__name__}")
+    return out
+
+
+def expect_tensors(out: Any, n: int, what: str, names: str = "") -> tuple:
+    """``out`` as a tuple of ``n`` tensors (``names`` describes them in the error), else a GradeError."""
+    if not isinstance(out, (tuple, list)) or len(out) != n:
+        shown = f"a {type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list)) \
+            else f"a {type(out).__name__}"
+        raise GradeError(f"{what}: expected a tuple of {n} tensors{' ' + names if names else ''}, got {shown}")
+    return tuple(expect_tensor(t, f"{what}, item {i} of the tuple") for i, t in enumerate(out))
+
 @contextlib.contextmanager
 def forbid(*dotted_names: str, instead: str = ""):
     """While active, calling any of ``dotted_names`` (e.g. ``"torch.nn.functional.layer_norm"``,
