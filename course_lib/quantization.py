@@ -536,7 +536,7 @@ class QuantizedWeight(nn.Module):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> ``x @ W.T`` (..., out) in x's dtype; PyTorch's kernel when it applies, else the reference.
 
-        The kernels take bfloat16 activations (with float32 ones they are ~15x slower), so x
+        The kernels take bfloat16 activations (with float32 ones they were 15-30x slower here), so x
         is rounded to bfloat16 and the result has bfloat16 precision. They are made for a
         few rows (one token per sequence while generating); above ``KERNEL_MAX_ROWS`` rows
         the weight is dequantized once for a float32 matrix product instead.
