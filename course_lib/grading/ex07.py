@@ -582,8 +582,7 @@ def _(fn, rng):
         s = scale_ref.float()
         zero_ratio = -lo.double() / scale_ref.double()
         expect_levels(zero, zero_ref, zero_ratio, f"{what}, zero", {
-            "you did not clamp the zero point to 0..15: a group whose values are all positive (or all "
-            "negative) puts round(-min / scale) outside": lambda: torch.round(-lo / s).to(torch.int16).remainder(
+            "you did not clamp the zero point to 0..15": lambda: torch.round(-lo / s).to(torch.int16).remainder(
                 256).to(torch.uint8),
             "the sign is wrong: zero = round(-min / scale), the level that stands for 0.0":
                 lambda: torch.round(lo / s).clamp(0, 15).to(torch.uint8),
@@ -597,8 +596,7 @@ def _(fn, rng):
         ratio = (_grouped(w, g) / scale_ref.double().unsqueeze(-1)).reshape(n, k)
         loose = near_half(zero_ratio).unsqueeze(-1).expand(n, k // g, g).reshape(n, k)  # zero may differ by one
         expect_levels(q, q_ref, ratio, f"{what}, q", {
-            "you did not clamp q to 0..15: round(w / scale) + zero can reach 16, and in groups of one sign much "
-            "further": lambda: (torch.round(groups / sg) + zg).to(torch.int16).remainder(256).to(
+            "you did not clamp q to 0..15: round(w / scale) + zero can reach 16": lambda: (torch.round(groups / sg) + zg).to(torch.int16).remainder(256).to(
                 torch.uint8).reshape(n, k),
             "you rounded (w - min) / scale; the spec rounds w / scale and adds the integer zero point":
                 lambda: torch.round((groups - lo.unsqueeze(-1)) / sg).clamp(0, 15).to(torch.uint8).reshape(n, k),
