@@ -163,7 +163,7 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
     if scheme is not None or saved is not None:
         quantization.use_kernel_layouts(model)  # a no-op for layers quantized while reading
         model.to(device=device, dtype=dtype)  # quantized layers keep their integers and scales, note the dtype
-    if not strict and device is not None:
+    elif not strict and device is not None:
         model.to(device)
     check_fully_loaded(model, source)
     model.load_report = report

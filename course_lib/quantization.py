@@ -219,7 +219,9 @@ def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
 
 
 def fake_quantize(w: torch.Tensor, scheme: str | Scheme) -> torch.Tensor:
-    """``w`` quantized with ``scheme`` and dequantized again (same shape and dtype): what the model computes with."""
+    """``w`` quantized with ``scheme`` and dequantized again (same shape and dtype): the weights a quantized
+    layer computes with (in the int4 kernel's layout a zero point is held as a bfloat16 offset, which can
+    move a weight by up to scale / 32)."""
     scheme = parse_scheme(scheme)
     if scheme.bits == 8:
         q, scale = quantize_int8(w, scheme.granularity == "channel")
