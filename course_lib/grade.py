@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
                         help=f"seconds allowed per exercise (default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--seed", type=int, help="seed for the random inputs (default: a new one each run)")
+    parser.add_argument("--memory-gb", type=float, metavar="GB",
+                        help="memory limit of the process that runs your code (default: $COURSE_GRADER_MEMORY_GB "
+                             "or 4; 0 = none; enforced on Linux)")
     parser.add_argument("--list", action="store_true", help="list the exercises and their points, grade nothing")
     args = parser.parse_args(argv)
 
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{ex.key:<40} {ex.points} point(s)")
             return 0
         results, seed = grade(args.targets, solutions=args.solutions, source=args.source,
-                              timeout=args.timeout, seed=args.seed)
+                              timeout=args.timeout, seed=args.seed, memory_gb=args.memory_gb)
     except (KeyError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2

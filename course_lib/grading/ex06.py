@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from course_lib import generation, layers
-from course_lib.grading.registry import (GradeError, call_learner, exercise, expect_close, expect_equal,
+from course_lib.grading.registry import (GradeError, call_learner, chapter_rules, exercise, expect_close, expect_equal,
                                          expect_tensor, expect_tensors)
 from course_lib.models import gpt2
 
@@ -32,6 +32,8 @@ ANSWER_KEY = ("course_lib.layers.causal_mask",) + tuple(
     f"course_lib.models.gpt2.{name}" for name in (
         "gpt2_position_ids", "gpt2_attention_mask", "GPT2Attention", "GPT2Block", "GPT2Model", "GPT2LMHeadModel"))
 
+
+chapter_rules("ex06", allow=("course_lib.layers",), refuse=("course_lib.layers.causal_mask",))
 
 def randn(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
     return torch.from_numpy((rng.standard_normal(shape) * scale).astype(np.float32))

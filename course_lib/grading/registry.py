@@ -5,8 +5,10 @@ exercise::
 
     from course_lib.grading.registry import exercise, GradeError, expect_close
 
-    @exercise("ex01.contiguous_strides", points=2,
-              hint="Walk the shape from the last dimension to the first.")
+    @exercise("ex01.contiguous_strides", points=2, reference="course_lib.tensor.contiguous_strides",
+              hints=("The last dimension's elements sit next to each other: its stride is 1.",
+                     "Each stride is the next one times the next dimension's size.",
+                     "Walk the shape from the last dimension to the first, keeping a running product."))
     def _(fn, rng):
         for _ in range(20):
             shape = tuple(int(n) for n in rng.integers(1, 6, size=rng.integers(1, 5)))
@@ -17,6 +19,23 @@ exercise::
 expected values come from ``course_lib``'s reference code, so a hard-coded answer cannot
 pass. A check signals a wrong answer by raising :class:`GradeError` with a message that
 says what input gave what, and what was expected.
+
+When the grader runs, ``fn`` is a :class:`~course_lib.grading.learner_process.LearnerFunction`:
+the learner's code runs in another process and the check only sees arguments go out and
+results come back. The tests of wrong answers pass plain functions instead; both work.
+
+Hints come in tiers, from the idea to a pointer, never the finished line: ``check()`` shows
+the first after the first failure and the next one after each further failure. ``stretch``
+marks an exercise that goes past what the chapter shows. ``reference`` names the course's
+own version (``"course_lib.layers.softmax"``): the notebook may show it only *below* the
+exercise's ``check()`` cell (:func:`course_lib.grading.reveal`), and a test makes sure no
+notebook shows it, or the solution, above.
+
+:func:`chapter_rules` says what a chapter's learner file may use: ``shortcuts`` are torch
+functions switched off while the learner's code runs (ready-made versions of what the
+exercises ask for), ``allow`` the ``course_lib`` modules it may import (helpers from earlier
+chapters; every other ``course_lib`` module is the answer key), ``refuse`` names inside those
+modules that are answers of this chapter.
 """
 
 from __future__ import annotations
@@ -38,9 +57,22 @@ class GradeError(AssertionError):
 class Exercise:
     key: str  # "ex01.contiguous_strides"
     points: int
-    hint: str
+    hints: tuple[str, ...]  # from the idea to a pointer; never the finished line
     grade: Callable[[Callable[..., Any], np.random.Generator], None]
     timeout: float | None = None  # seconds; None means the grader's default
+    stretch: bool = False  # goes past what the chapter shows
+    reference: tuple[str, ...] = ()  # the course's own version(s), dotted names in course_lib
+
+    @property
+    def hint(self) -> str:
+        """The first hint (what the command-line grader shows)."""
+        return self.hints[0] if self.hints else ""
+
+    def hint_tier(self, n: int) -> str:
+        """Hint ``n`` (1-based), the last one when ``n`` is past the end."""
+        if not self.hints:
+            return ""
+        return self.hints[min(max(n, 1), len(self.hints)) - 1]
 
     @property
     def chapter(self) -> str:  # "ex01"
@@ -54,19 +86,81 @@ class Exercise:
 _REGISTRY: dict[str, Exercise] = {}
 
 
-def exercise(key: str, points: int = 1, hint: str = "", timeout: float | None = None):
+def exercise(key: str, points: int = 1, hints: tuple[str, ...] | list[str] = (), timeout: float | None = None,
+             stretch: bool = False, reference: str | tuple[str, ...] = (), hint: str = ""):
     """Register the decorated function as the check for exercise ``key`` ("exNN.function")."""
     chapter, _, function = key.partition(".")
     if not (chapter.startswith("ex") and chapter[2:].isdigit() and function.isidentifier()):
         raise ValueError(f"exercise key {key!r} must look like 'ex01.function_name'")
+    if isinstance(hints, str):
+        raise TypeError(f"{key}: hints is a tuple of 2-3 strings, from the idea to a pointer")
+    references = (reference,) if isinstance(reference, str) else tuple(reference)
+    if hint and not hints:  # one untiered hint (older checks)
+        hints = (hint,)
 
     def register(grade: Callable[[Callable[..., Any], np.random.Generator], None]):
         if key in _REGISTRY:
             raise ValueError(f"exercise {key!r} is registered twice")
-        _REGISTRY[key] = Exercise(key, points, hint, grade, timeout)
+        _REGISTRY[key] = Exercise(key, points, tuple(hints), grade, timeout, stretch, references)
         return grade
 
     return register
+
+
+@dataclasses.dataclass(frozen=True)
+class ChapterRules:
+    shortcuts: tuple[str, ...] = ()  # torch functions switched off while the learner's code runs
+    allow: tuple[str, ...] = ()      # course_lib modules the learner's file may import
+    refuse: tuple[str, ...] = ()     # names inside allowed modules that are this chapter's answers
+
+
+_RULES: dict[str, ChapterRules] = {}
+
+# Private or alternative spellings of the shortcuts, switched off with them: a learner who
+# reaches for torch.native_layer_norm or torch._C._nn.gelu is taking the same shortcut.
+SHORTCUT_ALIASES: dict[str, tuple[str, ...]] = {
+    "torch.nn.functional.layer_norm": (
+        "torch.layer_norm", "torch.native_layer_norm", "torch._C._VariableFunctions.layer_norm",
+        "torch._C._VariableFunctions.native_layer_norm", "torch.ops.aten.layer_norm",
+        "torch.ops.aten.native_layer_norm"),
+    "torch.nn.functional.gelu": ("torch._C._nn.gelu", "torch.ops.aten.gelu"),
+    "torch.nn.functional.softmax": (
+        "torch.softmax", "torch._softmax", "torch.Tensor.softmax", "torch.special.softmax",
+        "torch._C._VariableFunctions.softmax", "torch._C._VariableFunctions._softmax", "torch.ops.aten.softmax",
+        "torch.ops.aten._softmax", "torch.nn.functional.log_softmax", "torch.log_softmax", "torch._log_softmax",
+        "torch.Tensor.log_softmax", "torch.special.log_softmax", "torch._C._VariableFunctions.log_softmax",
+        "torch._C._VariableFunctions._log_softmax", "torch.ops.aten.log_softmax", "torch.ops.aten._log_softmax"),
+    "torch.nn.functional.linear": ("torch._C._nn.linear", "torch.ops.aten.linear"),
+    "torch.nn.functional.scaled_dot_product_attention": (
+        "torch._C._nn.scaled_dot_product_attention", "torch.ops.aten.scaled_dot_product_attention",
+        "torch._scaled_dot_product_attention_math", "torch._C._VariableFunctions._scaled_dot_product_attention_math",
+        "torch.ops.aten._scaled_dot_product_attention_math"),
+    "torch.nn.functional.rms_norm": ("torch.rms_norm", "torch._C._VariableFunctions.rms_norm",
+                                     "torch.ops.aten.rms_norm"),
+}
+
+
+def chapter_rules(chapter: str, *, shortcuts: tuple[str, ...] = (), allow: tuple[str, ...] = (),
+                  refuse: tuple[str, ...] = ()) -> ChapterRules:
+    """Declare what ``chapter``'s learner file may use (see the module docstring)."""
+    rules = ChapterRules(tuple(shortcuts), tuple(allow), tuple(refuse))
+    _RULES[chapter] = rules
+    return rules
+
+
+def rules_for(chapter: str) -> ChapterRules:
+    load_chapter(chapter)
+    return _RULES.get(chapter, ChapterRules())
+
+
+def expand_shortcuts(names: tuple[str, ...]) -> list[str]:
+    """``names`` plus their private aliases, each once."""
+    out: list[str] = []
+    for name in names:
+        for n in (name, *SHORTCUT_ALIASES.get(name, ())):
+            if n not in out:
+                out.append(n)
+    return out
 
 
 def _load_all_chapters() -> None:
@@ -224,29 +318,53 @@ def expect_tensors(out: Any, n: int, what: str, names: str = "") -> tuple:
         raise GradeError(f"{what}: expected a tuple of {n} tensors{' ' + names if names else ''}, got {shown}")
     return tuple(expect_tensor(t, f"{what}, item {i} of the tuple") for i, t in enumerate(out))
 
+def _resolve_owner(dotted: str):
+    """(owner, attribute) for "torch.nn.functional.gelu", "torch.Tensor.softmax", "torch._C._nn.gelu";
+    None when this torch has no such name."""
+    parts = dotted.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        try:
+            for part in parts[split:-1]:
+                obj = getattr(obj, part)
+            getattr(obj, parts[-1])
+        except (AttributeError, RuntimeError):
+            return None
+        return obj, parts[-1]
+    return None
+
+
 @contextlib.contextmanager
 def forbid(*dotted_names: str, instead: str = ""):
     """While active, calling any of ``dotted_names`` (e.g. ``"torch.nn.functional.layer_norm"``,
-    ``"torch.Tensor.softmax"``) raises a GradeError that names the shortcut the learner took.
+    ``"torch.Tensor.softmax"``) or their private aliases raises a GradeError that names the
+    shortcut the learner took.
 
-    Use it around the call of the learner's function only, never around the reference:
-    exercises that ask for a layer "from primitive ops" get teeth this way.
+    This patches the grader's own process, which is where the tests of wrong answers run
+    them (plain functions). When the grader runs, the learner's code is in another process:
+    there the chapter's :func:`chapter_rules` switch the shortcuts off before the learner's
+    file is imported, so a name grabbed at import time is switched off too.
     """
     patched = []
     try:
-        for name in dotted_names:
-            owner_name, _, attr = name.rpartition(".")
-            owner = importlib.import_module(owner_name) if not owner_name.endswith("Tensor") else \
-                getattr(importlib.import_module(owner_name.rpartition(".")[0]), "Tensor")
-            if not hasattr(owner, attr):
+        for name in expand_shortcuts(dotted_names):
+            found = _resolve_owner(name)
+            if found is None:
                 continue
+            owner, attr = found
             original = getattr(owner, attr)
 
             def refuse(*args, _name=name, **kwargs):
                 raise GradeError(f"your code called {_name}(), a ready-made shortcut; this exercise asks "
                                  f"you to write it from primitive operations{instead}")
 
-            setattr(owner, attr, refuse)
+            try:
+                setattr(owner, attr, refuse)
+            except (AttributeError, TypeError):
+                continue
             patched.append((owner, attr, original))
         yield
     finally:
