@@ -14,7 +14,7 @@ HAVE_SOLUTIONS := $(wildcard solutions/ex*.py)
 # JupyterLab refuses to run as root (containers, some classroom images) unless told it may.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
-.PHONY: help setup lab test test-unit test-grading test-notebooks notebooks doctor grade handout constraints clean
+.PHONY: help setup lab test test-unit test-grading test-notebooks notebooks doctor grade handout stubs constraints clean
 
 help:
 	@echo "make lab      set up and open the course in JupyterLab"
@@ -23,6 +23,7 @@ help:
 	@echo "make grade    grade your exercises"
 	@echo "make handout DEST=dir   instructors: write a learner copy without solutions/"
 	@echo "make notebooks          maintainers: re-execute every notebook in place"
+	@echo "make stubs              maintainers: write exercises/ from solutions/"
 
 setup: $(STAMP)
 
@@ -50,11 +51,19 @@ test: setup test-unit test-grading test-notebooks
 test-unit: setup
 	$(OFFLINE) $(PY) -m pytest tests
 
+# Maintainers (solutions/ present): the grader has teeth. Solutions score full marks, and the
+# pristine stubs (generated from solutions/ into a temporary folder) score zero.
+# A learner's hand-out (no solutions/): grade the learner's own exercises and show the table;
+# never a failure, whatever they have solved so far.
 test-grading: setup
 ifneq ($(HAVE_SOLUTIONS),)
 	$(OFFLINE) $(PY) -m course_lib.grade --solutions --expect full
+	@stubs=$$(mktemp -d) && trap 'rm -rf "$$stubs"' EXIT && \
+	  $(PY) -m course_lib.exercise_stubs --out "$$stubs" && \
+	  $(OFFLINE) $(PY) -m course_lib.grade --source "$$stubs" --expect zero
+else
+	$(OFFLINE) $(PY) -m course_lib.grade
 endif
-	$(OFFLINE) $(PY) -m course_lib.grade --expect zero
 
 test-notebooks: setup
 	$(OFFLINE) $(PY) -m pytest $(NBVAL) notebooks
@@ -63,6 +72,9 @@ notebooks: setup
 	for nb in notebooks/*.ipynb; do \
 	  $(OFFLINE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
 	    --ExecutePreprocessor.record_timing=False "$$nb" || exit 1; done
+
+stubs: setup
+	$(PY) -m course_lib.exercise_stubs
 
 handout: setup
 	@test -n "$(DEST)" || (echo "usage: make handout DEST=/path/to/learner-copy"; exit 2)

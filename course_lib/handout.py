@@ -4,13 +4,16 @@
 
 Copies the course's tracked files (``git ls-files`` when the course is a git checkout,
 otherwise every file except virtual environments, caches and version control) into
-``DEST``, leaving out ``solutions/``. The hand-out still installs with ``make lab`` and
-tests with ``make test``; tests that need solutions skip themselves there.
+``DEST``, leaving out ``solutions/`` and the README's maintainers' notes. The hand-out still
+installs with ``make lab``, and ``make test`` passes there whatever the learner has solved:
+the maintainers' checks (solutions full, stubs zero, exercises = generated stubs) skip
+themselves, and the grader shows the learner's table without expecting a score.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +38,15 @@ def _course_files(root: Path) -> list[Path]:
             and not p.name.endswith(".egg-info")]
 
 
+MAINTAINERS_ONLY = re.compile(r"\n?<!-- maintainers -->.*?<!-- /maintainers -->\n?", re.S)
+
+
+def learner_readme(text: str) -> str:
+    """The README without its maintainers' notes (``<!-- maintainers -->`` blocks): a hand-out
+    has no solutions/, and its README must not send learners looking for them."""
+    return MAINTAINERS_ONLY.sub("\n", text)
+
+
 def write_handout(dest: Path, root: Path | None = None) -> list[Path]:
     """Copy the course minus solutions/ into ``dest`` (which must not exist or be empty)."""
     root = root or course_root()
@@ -50,6 +62,9 @@ def write_handout(dest: Path, root: Path | None = None) -> list[Path]:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, target)
+        if rel == Path("README.md"):
+            target.write_text(learner_readme((root / rel).read_text(encoding="utf-8")), encoding="utf-8")
+            shutil.copystat(root / rel, target)
         copied.append(rel)
     return copied
 

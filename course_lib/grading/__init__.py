@@ -4,6 +4,6 @@ Learners use :func:`check` in a notebook, or ``python -m course_lib.grade`` in a
 """
 
 from course_lib.grading.registry import GradeError, exercise, expect_close, expect_equal
-from course_lib.grading.runner import Result, check, format_table, grade
+from course_lib.grading.runner import Result, check, format_table, grade, reveal
 
-__all__ = ["GradeError", "Result", "check", "exercise", "expect_close", "expect_equal", "format_table", "grade"]
+__all__ = ["GradeError", "Result", "check", "exercise", "expect_close", "expect_equal", "format_table", "grade", "reveal"]

@@ -346,3 +346,24 @@ def check(key: str, *, solutions: bool = False, timeout: float = DEFAULT_TIMEOUT
         shown = r.printed.strip().splitlines() or [""]
         print(f"  note: your code printed {_size(r.printed_bytes) if r.printed_bytes else 'output'}, e.g. "
               f"{shown[0][:80]!r}; graded functions should return values, not print them.")
+
+
+def reveal(key: str) -> None:
+    """Print the course's own version of exercise ``key`` (its ``reference``), to compare with yours.
+
+    Notebooks call it in the cell *below* the exercise's ``check()`` cell, never above it.
+    """
+    import importlib
+    import inspect
+
+    ex = registry.get(key)
+    if not ex.reference:
+        print(f"{key} has no reference in course_lib to show.")
+        return
+    for dotted in ex.reference:
+        module_name, _, attr = dotted.rpartition(".")
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        print(f"# The course's version: {dotted} (compare it with yours)")
+        print(inspect.getsource(obj))
