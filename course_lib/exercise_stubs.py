@@ -1,6 +1,7 @@
 """Write the learner's exercise files from the solutions: one source, no drift.
 
     python -m course_lib.exercise_stubs            # rewrite exercises/ from solutions/
+    python -m course_lib.exercise_stubs ex02       # only chapter 02
     python -m course_lib.exercise_stubs --check    # exit 1 if exercises/ differs (a maintainers' test)
     python -m course_lib.exercise_stubs --out DIR  # write pristine stubs to DIR (the zero-score proof)
 
@@ -60,11 +61,13 @@ def node_indent(line: str) -> int:
     return len(line) - len(line.lstrip(" ")) or 4
 
 
-def write_stubs(solutions: Path, out: Path) -> list[Path]:
-    """Write a stub for every ``solutions/exNN_*.py`` into ``out``; returns the files written."""
+def write_stubs(solutions: Path, out: Path, only: list[str] | None = None) -> list[Path]:
+    """Write a stub for every ``solutions/exNN_*.py`` (or the chapters ``only``) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in sorted(solutions.glob("ex[0-9][0-9]_*.py")):
+        if only and path.name.split("_", 1)[0] not in only:
+            continue
         target = out / path.name
         target.write_text(stub_source(path.read_text(encoding="utf-8"), path.name), encoding="utf-8")
         written.append(target)
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--check", action="store_true", help="exit 1 unless exercises/ equals the generated stubs")
     group.add_argument("--out", type=Path, help="write the stubs to this folder instead of exercises/")
+    parser.add_argument("chapters", nargs="*", help="only these chapters (ex02 ...); default: all")
     args = parser.parse_args(argv)
     root = course_root()
     solutions = root / "solutions"
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             if problems:
                 print("run `python -m course_lib.exercise_stubs` to write exercises/ from solutions/", file=sys.stderr)
             return 1 if problems else 0
-        written = write_stubs(solutions, args.out or root / "exercises")
+        written = write_stubs(solutions, args.out or root / "exercises", args.chapters or None)
     except StubError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
