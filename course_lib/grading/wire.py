@@ -651,6 +651,8 @@ class Decoder:
         requires_grad = bytes(self._take(1)) == b"\x01"
         index = self._i64()
         if index == -1:
+            if math.prod(shape) != 0:
+                raise WireError("a tensor with values but no storage")
             t = torch.empty_strided(shape, [max(s, 0) for s in strides], dtype=dtype)
         else:
             offset = self._i64()
