@@ -369,6 +369,18 @@ def test_check_in_a_kernel_survives_learner_code_that_kills_its_parent(tmp_path)
     assert out.stdout.count("[FAIL]") == 2 and "KERNEL STILL ALIVE" in out.stdout
 
 
+def test_a_file_whose_import_hangs_costs_its_exercises_once(tmp_path, monkeypatch):
+    from course_lib.grading import learner_process
+
+    monkeypatch.setattr(learner_process, "STARTUP_TIMEOUT", 3.0)
+    folder = ex00(tmp_path / "ex", header="while True:\n    time.sleep(0.05)\n")
+    start = time.monotonic()
+    results = grade(["ex00"], source=folder)[0]
+    assert time.monotonic() - start < 12  # one wait for the file, not one per exercise
+    assert [(r.status, r.points) for r in results] == [("timeout", 0), ("timeout", 0)]
+    assert "importing your file did not finish within 3 s" in results[0].message
+
+
 def test_a_stray_relative_path_lands_beside_the_exercises_folder(tmp_path):
     folder = ex00(tmp_path / "course" / "exercises", count_body="open('stray.txt', 'w').close()\n" + COUNT)
     [r] = grade(["ex00.count_parameters"], source=folder)[0]

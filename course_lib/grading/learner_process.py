@@ -200,8 +200,9 @@ class LearnerProcess:
         self.startup_output = ("", 0)
 
     # -- lifecycle
-    def start(self, timeout: float = STARTUP_TIMEOUT) -> dict:
+    def start(self, timeout: float | None = None) -> dict:
         """Start the child and import the learner's file; returns the ``ready`` message."""
+        timeout = STARTUP_TIMEOUT if timeout is None else timeout
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
         out_r, out_w = os.pipe()

@@ -183,14 +183,10 @@ def _grade_chapter(exercises: list[registry.Exercise], path: Path, seed: int, ti
             with process:
                 try:
                     ready = process.start()
-                except LearnerProcessEnded as ended:
-                    victim = pending.pop(0)
-                    status = "timeout" if ended.status == "timeout" else ended.status
-                    message = ended.message
-                    if ended.status == "timeout":
-                        message = f"importing your file did not finish within {ended.message.split('within ')[-1]}"
-                    record(victim, status, message)
-                    continue
+                except LearnerProcessEnded as ended:  # importing the file hangs or crashes: for every exercise
+                    for ex in pending:
+                        record(ex, ended.status, ended.message)
+                    break
                 startup_text, startup_bytes = process.startup_output
                 if ready.get("error"):
                     for ex in pending:
