@@ -319,9 +319,9 @@ def check(key: str, *, solutions: bool = False, timeout: float = DEFAULT_TIMEOUT
     where = r.source or "your exercise file"
     shown_hint = None
     if r.status == "pass":
-        kind = "stretch exercise" if ex.stretch else "exercise"
-        print(f"[PASS] {r.key}: {r.points}/{r.max_points} points. Well done! (compare with the course's version "
-              f"below the {kind})")
+        after = " A stretch exercise: few get this far." if ex.stretch else \
+            " Compare with the course's version in the next cells."
+        print(f"[PASS] {r.key}: {r.points}/{r.max_points} points. Well done!{after}")
         _FAILURES.pop(key, None)
     elif r.status == "todo":
         print(f"[TODO] {r.key}: not implemented yet. Write `{ex.function}` in {where}, save, and run this cell "
