@@ -377,7 +377,7 @@ def test_a_file_whose_import_hangs_costs_its_exercises_once(tmp_path, monkeypatc
     start = time.monotonic()
     results = grade(["ex00"], source=folder)[0]
     assert time.monotonic() - start < 12  # one wait for the file, not one per exercise
-    assert [(r.status, r.points) for r in results] == [("timeout", 0), ("timeout", 0)]
+    assert [(r.status, r.points) for r in results] == [("timeout", 0)] * len(registry.load_chapter("ex00"))
     assert "importing your file did not finish within 3 s" in results[0].message
 
 

@@ -336,8 +336,9 @@ def check(key: str, *, solutions: bool = False, timeout: float = DEFAULT_TIMEOUT
         shown_hint = hint
     if shown_hint is not None and ex.hints:
         n = min(max(int(shown_hint), 1), len(ex.hints))
-        more = f"; check({key!r}, hint={n + 1}) for the next" if n < len(ex.hints) else ""
-        print(f"  hint {n} of {len(ex.hints)}: {ex.hint_tier(n)}{more}")
+        print(f"  hint {n} of {len(ex.hints)}: {ex.hint_tier(n)}")
+        if n < len(ex.hints):
+            print(f"  (a further failure shows hint {n + 1}; check({key!r}, hint={n + 1}) shows it now)")
     if r.printed_bytes or r.printed.strip():
         shown = r.printed.strip().splitlines() or [""]
         print(f"  note: your code printed {_size(r.printed_bytes) if r.printed_bytes else 'output'}, e.g. "
