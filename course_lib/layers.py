@@ -8,7 +8,8 @@ counterpart (``nn.Linear``, ``nn.Embedding``, ``F.layer_norm``, ``F.gelu``, ``F.
 feed-forward part of ``nn.TransformerEncoderLayer``); ``tests/test_layers.py`` checks
 each against it, values and gradients. The later chapters build BERT/RoBERTa and GPT-2
 from these functions and modules, and chapter 08 trains them, so everything here works
-with autograd and on any device and dtype of its input.
+with autograd and on any device and dtype of its input. At the end, two pieces of newer
+models (RMSNorm, ALiBi), the references of chapter 02's stretch exercises.
 
 Shape letters: B batch, T sequence length (Tq queries, Tk keys), H heads, D head size,
 C = H * D model width.
@@ -32,6 +33,7 @@ __all__ = [
     "causal_mask", "padding_mask", "scaled_dot_product_attention",
     "split_heads", "merge_heads", "MultiHeadSelfAttention",
     "FeedForward",
+    "rms_norm", "RMSNorm", "alibi_slopes", "alibi_bias",
 ]
 
 
@@ -425,3 +427,85 @@ class FeedForward(nn.Module):
 
     def extra_repr(self) -> str:
         return f"activation={self.activation_name!r}"
+
+
+# --------------------------------------------------------------------------------------
+# Beyond BERT and GPT-2: RMSNorm and ALiBi (the stretch exercises of chapter 02; later
+# models such as Llama, T5, Mistral, BLOOM and MPT use them)
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """Root-mean-square normalisation over the last dimension: x (..., C) -> (..., C).
+
+    ``x / sqrt(mean(x ** 2) + eps) * weight``: LayerNorm without the centring (no mean is
+    subtracted) and without a bias, as in Llama, T5 and Mistral, and ``F.rms_norm``. One
+    pass fewer over the data, and in practice as good. ``weight`` is (C,) or None.
+
+    float16 / bfloat16 inputs are computed in float32 and cast back, as in ``layer_norm``.
+    """
+    dtype = x.dtype
+    h = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+    rms = torch.sqrt((h * h).mean(-1, keepdim=True) + eps)  # (..., 1): each vector's root mean square
+    out = h / rms  # (..., C), mean square 1
+    if weight is not None:
+        out = out * weight
+    return out.to(dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation over the last ``normalized_shape`` features; parameter ``weight`` (ones),
+    no bias, like ``torch.nn.RMSNorm`` (and Llama's ``input_layernorm``)."""
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-6, *, device=None, dtype=None):
+        super().__init__()
+        self.normalized_shape = normalized_shape
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(normalized_shape, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi's slope for each head, a geometric sequence: (n_heads,) float32.
+
+    For ``n`` heads, ``n`` a power of two, head ``h`` (from 0) gets ``2 ** (-8 * (h + 1) / n)``:
+    from ``2 ** (-8 / n)`` down to ``2 ** -8``. For other ``n`` (Press et al., 2022, and
+    BLOOM): the slopes of ``n0``, the largest power of two below ``n``, then every other
+    slope of ``2 * n0`` -- the odd ones, exponents ``-8 * 1 / (2 n0)``, ``-8 * 3 / (2 n0)``,
+    ... -- until there are ``n``.
+
+    >>> alibi_slopes(4)
+    tensor([0.2500, 0.0625, 0.0156, 0.0039])
+    """
+    if n_heads < 1:
+        raise ValueError(f"n_heads must be at least 1, got {n_heads}")
+    n0 = 1 << (n_heads.bit_length() - 1)  # the largest power of two <= n_heads
+    exponents = [-8.0 * (h + 1) / n0 for h in range(n0)]
+    exponents += [-8.0 * (2 * h + 1) / (2 * n0) for h in range(n_heads - n0)]  # odd steps of 2 * n0
+    return torch.tensor([2.0 ** e for e in exponents], dtype=torch.float32)
+
+
+def alibi_bias(n_heads: int, t_query: int, t_key: int | None = None, device=None) -> torch.Tensor:
+    """ALiBi ("attention with linear biases"): what each head adds to its attention scores.
+
+    Returns (n_heads, t_query, t_key) float32 with ``bias[h, i, j] = -slope[h] * (p_i - j)``,
+    ``p_i = i + t_key - t_query`` the query's absolute position (the queries are the last
+    t_query positions, as in ``causal_mask``). The further back a key, the lower its score,
+    more steeply in the heads with larger slopes; no position embeddings are needed, and
+    the model copes with sequences longer than it was trained on.
+
+    Add it to ``q @ k^T / sqrt(D)`` before the softmax, together with a causal mask (keys
+    after the query get a positive bias here, but the mask hides them). Softmax ignores a
+    constant added to a whole row, so BLOOM's ``slope * j`` gives the same weights.
+    """
+    if t_key is None:
+        t_key = t_query  # no cache: as many keys as queries
+    elif t_key < t_query:
+        raise ValueError(f"alibi_bias: {t_query} queries need at least as many keys, got t_key={t_key}")
+    query_pos = torch.arange(t_key - t_query, t_key, device=device)[:, None]  # (Tq, 1), absolute positions
+    key_pos = torch.arange(t_key, device=device)[None, :]  # (1, Tk)
+    offset = (key_pos - query_pos).to(torch.float32)  # (Tq, Tk): 0 at the query itself, -1 one step back, ...
+    return alibi_slopes(n_heads).to(device)[:, None, None] * offset  # (H, Tq, Tk)

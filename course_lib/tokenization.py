@@ -365,6 +365,30 @@ def byte_level_pre_tokenize(text: str, add_prefix_space: bool = False) -> list[s
     return ["".join(byte_to_char[b] for b in piece.encode("utf-8")) for piece in _GPT2_SPLIT.findall(text)]
 
 
+def byte_level_decode(tokens: Iterable[str]) -> str:
+    """Byte-level BPE tokens back to text: every character back to its byte, then UTF-8.
+
+    The inverse of ``byte_level_pre_tokenize`` + BPE. The bytes of *all* the tokens are
+    joined before decoding, because one character may be cut across two tokens (the two
+    bytes of "é" can be two tokens). A token with a character that is not in the byte table
+    (an added token written as plain text, e.g. with a space: "<new turn>") stands for its
+    own UTF-8 text; "<|endoftext|>" is printable ASCII, which the table maps to itself, so
+    it comes out as itself either way. Bytes that are not valid UTF-8 (a sequence cut
+    short) decode to U+FFFD, as in the tokenizers library's ``ByteLevel`` decoder.
+
+    >>> byte_level_decode(["Hello", "Ġw", "or", "ld", "ĠcafÃ", "©", "<new turn>", "Ã"])
+    'Hello world café<new turn>\ufffd'
+    """
+    _, char_to_byte = _byte_table()
+    data = bytearray()
+    for token in tokens:
+        if all(ch in char_to_byte for ch in token):
+            data.extend(char_to_byte[ch] for ch in token)
+        else:
+            data.extend(token.encode("utf-8"))  # not spelled in byte characters: its own text
+    return data.decode("utf-8", errors="replace")
+
+
 def get_pair_counts(words: dict[tuple[str, ...], int]) -> collections.Counter:
     """How often each pair of adjacent symbols occurs, each word weighted by its count.
 
@@ -483,6 +507,43 @@ def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: Iterable[st
     return vocab, merges
 
 
+def learn_merges(word_counts: dict[str, int], num_merges: int) -> list[tuple[str, str]]:
+    """The first ``num_merges`` BPE merges learned from word counts, the plain way.
+
+    ``word_counts`` maps each (pre-tokenized) word to how often it occurs; each word starts
+    as its single characters. Each step counts every adjacent pair (``get_pair_counts``),
+    merges the most frequent one in every word (``merge_pair``) and records it; training
+    stops early when no word has two symbols left.
+
+    Ties between equally frequent pairs go to the pair whose left symbol is *older*, then
+    whose right symbol is older -- the tokenizers library's rule (``train_bpe`` gives the
+    same merges): single characters are older than every merged symbol and ordered by code
+    point among themselves; merged symbols are ordered by when they were first made.
+
+    ``train_bpe`` is the fast version of the same algorithm (it updates the counts instead
+    of recounting every pair after each merge).
+
+    >>> learn_merges({"low": 5, "lower": 2, "newest": 6, "widest": 3}, 3)
+    [('e', 's'), ('es', 't'), ('l', 'o')]
+    """
+    words = {tuple(word): n for word, n in word_counts.items()}
+    made: dict[str, int] = {}  # merged symbol -> when it was first made
+
+    def age(symbol: str) -> tuple[int, int]:
+        return (1, made[symbol]) if symbol in made else (0, ord(symbol))
+
+    merges: list[tuple[str, str]] = []
+    while len(merges) < num_merges:
+        counts = get_pair_counts(words)
+        if not counts:
+            break  # every word is a single symbol: nothing left to merge
+        best = min(counts, key=lambda pair: (-counts[pair], age(pair[0]), age(pair[1])))
+        merges.append(best)
+        made.setdefault(best[0] + best[1], len(made))
+        words = {merge_pair(word, best): n for word, n in words.items()}
+    return merges
+
+
 def bpe_word(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     """Apply BPE merges to one pre-tokenized word: always the lowest-ranked pair first.
 
@@ -588,17 +649,10 @@ class ByteLevelBPETokenizer:
         A token cut in the middle of a character (one byte of "é") decodes to "\\ufffd".
         Tokens that are not spelled in byte characters (special tokens) keep their own text.
         """
-        _, char_to_byte = _byte_table()
-        data = bytearray()
-        for i in ids:
-            token = self.id_to_token[i]
-            if skip_special_tokens and token in self.special_tokens:
-                continue
-            if all(ch in char_to_byte for ch in token):
-                data += bytes(char_to_byte[ch] for ch in token)
-            else:
-                data += token.encode("utf-8")
-        return data.decode("utf-8", errors="replace")
+        tokens = [self.id_to_token[i] for i in ids]
+        if skip_special_tokens:
+            tokens = [t for t in tokens if t not in self.special_tokens]
+        return byte_level_decode(tokens)
 
 
 # ======================================================================================

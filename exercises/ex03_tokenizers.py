@@ -5,39 +5,22 @@ point is to see there is no magic in it.
 
 Write the body of each function below, replacing ``raise NotImplementedError``. Then grade:
 
-* in the notebook ``notebooks/03_tokenizers.ipynb``: ``check("ex03.wordpiece_word")`` (one
-  cell per exercise) — grading runs in a fresh process, so save this file and run the cell
-  again;
+* in the notebook ``notebooks/03_tokenizers.ipynb``: ``check("ex03.wordpiece_word")`` (each
+  exercise has its cell, in the section that explains it) — grading runs in a fresh
+  process, so save this file and run the cell again; each further failure shows the next
+  hint, ``check("ex03.wordpiece_word", hint=2)`` asks for hint 2 now;
 * in a terminal: ``python -m course_lib.grade ex03`` (all) or
   ``python -m course_lib.grade ex03.merge_pair`` (one).
 
-The checks use random inputs and real vocabularies (all-MiniLM-L6-v2's WordPiece vocab, a
-BPE trained on the course corpus) and compare with ``course_lib.tokenization``, which is
-itself tested line for line against the ``tokenizers`` library.
+The checks use random inputs and real vocabularies (all-MiniLM-L6-v2's WordPiece vocab)
+and compare with ``course_lib.tokenization``, which is itself tested line for line against
+the ``tokenizers`` library. The last two functions, ``learn_merges`` and
+``byte_level_decode``, are stretch exercises: they go past what the chapter shows.
 """
 
 from __future__ import annotations
 
 import unicodedata
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's table from the 256 byte values to 256 printable characters.
-
-    Byte-level BPE works on bytes, but its vocabulary files are text, so every byte gets a
-    visible stand-in character. Bytes that are already printable keep their own character:
-    ``ord("!")`` (33) to ``ord("~")`` (126), ``ord("¡")`` (161) to ``ord("¬")`` (172) and
-    ``ord("®")`` (174) to ``ord("ÿ")`` (255). The remaining 68 bytes (controls, space, ...)
-    are given the characters ``chr(256)``, ``chr(257)``, ... in increasing byte order.
-
-    Returns a dict with 256 entries ``{byte: character}``.
-    Examples: ``table[ord("A")] == "A"``; ``table[32] == "Ġ"`` (space, ``chr(288)``);
-    ``table[10] == "Ċ"`` (newline).
-
-    Hint: collect the printable bytes in a list; then loop over ``range(256)`` and give each
-    byte that is not in it the next unused ``chr(256 + n)``.
-    """
-    raise NotImplementedError
 
 
 def bert_split(text: str) -> list[str]:
@@ -47,13 +30,11 @@ def bert_split(text: str) -> list[str]:
     its own. A character is punctuation when it is ASCII and neither a letter, a digit nor
     whitespace (codes 33–47, 58–64, 91–96, 123–126: so ``$``, ``+``, ``<``, ``^`` count), or
     when its Unicode category starts with ``"P"`` (``unicodedata.category(ch)``).
-    No lowercasing here.
+    Whitespace is what ``str.isspace`` says. No lowercasing here, and no empty words.
 
     Example: ``bert_split("Hello, world! (x+1)") ==
-    ["Hello", ",", "world", "!", "(", "x", "+", "1", ")"]``.
-
-    Hint: walk the characters, building the current word; ``ch.isspace()`` ends it,
-    punctuation ends it and is appended on its own.
+    ["Hello", ",", "world", "!", "(", "x", "+", "1", ")"]``; ``bert_split("don't")`` is
+    ``["don", "'", "t"]``.
     """
     raise NotImplementedError
 
@@ -65,14 +46,28 @@ def wordpiece_word(word: str, vocab: dict[str, int], unk_token: str = "[UNK]",
     Start at the beginning of ``word`` and take the longest prefix that is in ``vocab``; then
     continue from where it ended, but now a piece must be in ``vocab`` *with* ``"##"`` in
     front (it continues a word). If at some point no piece matches, or the word has more
-    than ``max_input_chars_per_word`` characters, the whole word becomes ``[unk_token]``.
+    than ``max_input_chars_per_word`` characters, the result is the one token ``unk_token``
+    for the whole word. An empty word gives ``[]``.
 
     Examples with all-MiniLM-L6-v2's (BERT's) vocabulary: ``"tokenization"`` ->
     ``["token", "##ization"]``; ``"unaffable"`` -> ``["una", "##ffa", "##ble"]``;
     ``"hello"`` -> ``["hello"]``; ``"snowman\u2603"`` -> ``["[UNK]"]``.
+    """
+    raise NotImplementedError
 
-    Hint: two loops — the outer moves ``start``; the inner tries ``end`` from ``len(word)``
-    down to ``start + 1``.
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's table from the 256 byte values to 256 printable characters.
+
+    Byte-level BPE works on bytes, but its vocabulary files are text, so every byte gets a
+    visible stand-in character. Bytes that are already printable keep their own character:
+    ``ord("!")`` (33) to ``ord("~")`` (126), ``ord("¡")`` (161) to ``ord("¬")`` (172) and
+    ``ord("®")`` (174) to ``ord("ÿ")`` (255). The remaining 68 bytes (controls, space, ...)
+    are given the characters ``chr(256)``, ``chr(257)``, ... in increasing byte order.
+
+    Returns a dict with 256 entries ``{byte: character}``, all characters different.
+    Examples: ``table[ord("A")] == "A"``; ``table[0] == chr(256)``; ``table[32] == "Ġ"``
+    (space, ``chr(288)``); ``table[10] == "Ċ"`` (newline).
     """
     raise NotImplementedError
 
@@ -83,12 +78,10 @@ def pair_counts(words: dict[tuple[str, ...], int]) -> dict[tuple[str, str], int]
     ``words``: each word as a tuple of its current symbols, mapped to how often the word
     occurs in the training text. Returns ``{(left, right): count}`` where each adjacent pair
     inside a word adds that word's frequency (a pair that occurs twice in a word adds it
-    twice). Pairs that never occur are absent.
+    twice). Pairs that never occur are absent. Do not change ``words``.
 
     Example: ``pair_counts({("l", "o", "w"): 5, ("l", "o", "t"): 2})`` ==
     ``{("l", "o"): 7, ("o", "w"): 5, ("o", "t"): 2}``.
-
-    Hint: ``zip(word, word[1:])`` gives the adjacent pairs of one word.
     """
     raise NotImplementedError
 
@@ -96,13 +89,14 @@ def pair_counts(words: dict[tuple[str, ...], int]) -> dict[tuple[str, str], int]
 def merge_pair(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
     """One BPE merge step on one word: join every occurrence of ``pair`` into one symbol.
 
-    Scan left to right; where ``word[i], word[i + 1] == pair``, emit ``word[i] + word[i + 1]``
-    and skip both; otherwise emit ``word[i]``. Occurrences do not overlap.
+    Scan left to right; wherever two neighbouring symbols equal ``pair``, they become one
+    symbol (the two strings joined). Occurrences do not overlap: once two symbols merged,
+    the scan goes on after them. Symbols may be longer than one character (after earlier
+    merges); compare whole symbols. Returns a new tuple.
 
     Examples: ``merge_pair(("l", "o", "w"), ("l", "o")) == ("lo", "w")``;
-    ``merge_pair(("a", "a", "a"), ("a", "a")) == ("aa", "a")``.
-
-    Hint: a ``while`` loop with an index you advance by 1 or 2.
+    ``merge_pair(("a", "a", "a"), ("a", "a")) == ("aa", "a")``;
+    ``merge_pair(("ba", "b"), ("a", "b")) == ("ba", "b")`` (no such neighbours).
     """
     raise NotImplementedError
 
@@ -113,14 +107,11 @@ def bpe_word(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     ``word``: a string, already mapped to byte characters; start from its single characters.
     ``ranks``: ``{(left, right): rank}``, rank 0 = learned first. Repeatedly find, among the
     adjacent pairs of the current symbols, the one with the *lowest* rank, and merge every
-    occurrence of it (like ``merge_pair``); stop when no adjacent pair is in ``ranks``.
-    Returns the final list of symbols.
+    occurrence of it (like ``merge_pair``, which you wrote above: call it); stop when no
+    adjacent pair is in ``ranks``. Returns the final list of symbols.
 
     Example: with ``ranks = {("l", "o"): 0, ("lo", "w"): 1, ("e", "r"): 2}``,
-    ``bpe_word("lower", ranks) == ["low", "er"]``.
-
-    Hint: ``min(pairs, key=lambda p: ranks.get(p, float("inf")))``; then your ``merge_pair``
-    (above, in this file) does the merging.
+    ``bpe_word("lower", ranks) == ["low", "er"]``; ``bpe_word("abc", {}) == ["a", "b", "c"]``.
     """
     raise NotImplementedError
 
@@ -139,7 +130,46 @@ def pad_batch(sequences: list[list[int]], pad_id: int, max_length: int | None = 
     Example: ``pad_batch([[5, 6, 7], [8]], pad_id=0)`` ==
     ``([[5, 6, 7], [8, 0, 0]], [[1, 1, 1], [1, 0, 0]])``; with ``padding_side="left"``:
     ``([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])``.
+    """
+    raise NotImplementedError
 
-    Hint: ``[pad_id] * n`` is a list of n pads; ``a + b`` joins lists.
+
+def learn_merges(word_counts: dict[str, int], num_merges: int) -> list[tuple[str, str]]:
+    """Stretch: learn the first ``num_merges`` BPE merges from word counts.
+
+    ``word_counts``: ``{word: how often it occurs}``; each word starts as its single
+    characters. One step of training: count the adjacent pairs of symbols over all words
+    (each weighted by its word's count), take the most frequent pair, merge it in every word
+    and record it. Repeat, recounting after each merge; stop early when no word has two
+    symbols left. Returns the merges in the order learned, as ``(left, right)`` tuples.
+    ``pair_counts`` and ``merge_pair`` (above, in this file) do the parts of one step.
+
+    Ties (pairs with equal counts) go, as in the tokenizers library, to the pair whose
+    *left* symbol is older, then to the one whose *right* symbol is older. Every single
+    character is older than every merged symbol; single characters are ordered by code
+    point (``ord``); merged symbols by when they were first made.
+
+    Example: ``learn_merges({"low": 5, "lower": 2, "newest": 6, "widest": 3}, 3)`` is
+    ``[("e", "s"), ("es", "t"), ("l", "o")]``: ``("e", "s")`` and ``("s", "t")`` both occur 9
+    times and ``"e"`` is older than ``"s"``; later ``("l", "o")`` beats ``("o", "w")`` (7 each).
+    """
+    raise NotImplementedError
+
+
+def byte_level_decode(tokens: list[str]) -> str:
+    """Stretch: turn byte-level BPE tokens (GPT-2's) back into text.
+
+    Every character of a token stands for one byte (the ``bytes_to_unicode`` table you
+    wrote, read backwards). Join the bytes of all the tokens, then decode them as UTF-8.
+    A token containing a character that is not in the table (an added token written as
+    plain text, such as ``"<new turn>"`` with its space, or ``"<|日本|>"``) stands for its own
+    UTF-8 bytes. Bytes that are not valid UTF-8 (e.g. a character cut short at the end)
+    become the replacement character U+FFFD, as Python's ``errors="replace"`` does.
+
+    Examples: ``byte_level_decode(["Hello", "Ġworld", "Ċ"]) == "Hello world\\n"``;
+    ``byte_level_decode(["Ã", "©"]) == "é"`` (the two bytes of "é" in two tokens);
+    ``byte_level_decode(["Ã"]) == "\\ufffd"``; ``byte_level_decode(["a", "<new turn>"]) ==
+    "a<new turn>"``; ``byte_level_decode(["<|endoftext|>"]) == "<|endoftext|>"`` (ASCII
+    characters are in the table as themselves).
     """
     raise NotImplementedError

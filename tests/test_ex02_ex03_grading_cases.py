@@ -8,6 +8,7 @@ with a GradeError, for several seeds.
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from course_lib.grading import registry
 from course_lib.grading.registry import GradeError
+from course_lib import tokenization
 from course_lib.tokenization import merge_pair
 from helpers import assert_wrong_answer_fails, chapter_checks, have_solutions, load_exercise_module
 
@@ -114,7 +116,40 @@ EX02_WRONG = {
         "reshape without transpose": lambda x: x.reshape(x.shape[0], x.shape[2], -1),
         "heads and features swapped": lambda x: x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2], -1),
     },
+    "rms_norm": {
+        "subtracts the mean (LayerNorm)": lambda x, w, eps=1e-6: (x - x.mean(-1, keepdim=True)) / torch.sqrt(
+            x.var(-1, unbiased=False, keepdim=True) + eps) * w,
+        "eps outside the root": lambda x, w, eps=1e-6: x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w,
+        "forgets the weight": lambda x, w, eps=1e-6: x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps),
+        "sum of squares instead of their mean": lambda x, w, eps=1e-6: x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + eps) * w,
+        "over the first dimension": lambda x, w, eps=1e-6: x / torch.sqrt(x.pow(2).mean(0, keepdim=True) + eps) * w,
+        "F.rms_norm shortcut": lambda x, w, eps=1e-6: F.rms_norm(x, (x.shape[-1],), w, eps),
+        "torch.rms_norm alias": lambda x, w, eps=1e-6: torch.rms_norm(x, [x.shape[-1]], w, eps),
+    },
+    "alibi_bias": {
+        "sign flipped": lambda n, tq, tk: -_alibi(n, tq, tk),
+        "queries at 0 .. t_query-1 (no cache offset)": lambda n, tq, tk: _alibi(n, tq, tk, offset=False),
+        "absolute key positions (BLOOM's row shift)": lambda n, tq, tk: _alibi(n, tq, tk, absolute=True),
+        "slopes start at 2 ** 0": lambda n, tq, tk: _alibi(n, tq, tk, slopes=_slopes(n, start=0)),
+        "slopes spread over n heads, not n0": lambda n, tq, tk: _alibi(
+            n, tq, tk, slopes=[2.0 ** (-8 * (h + 1) / n) for h in range(n)]),
+        "extra heads at even steps": lambda n, tq, tk: _alibi(n, tq, tk, slopes=_slopes(n, odd=False)),
+        "slope 1 for every head": lambda n, tq, tk: _alibi(n, tq, tk, slopes=[1.0] * n),
+    },
 }
+
+
+def _slopes(n, start=1, odd=True):
+    n0 = 2 ** int(math.log2(n))
+    first = [2.0 ** (-8 * (h + start) / n0) for h in range(n0)]
+    return first + [2.0 ** (-8 * ((2 * h + 1) if odd else (2 * h + 2)) / (2 * n0)) for h in range(n - n0)]
+
+
+def _alibi(n, tq, tk, slopes=None, offset=True, absolute=False):
+    query_pos = torch.arange(tq)[:, None] + ((tk - tq) if offset else 0)
+    key_pos = torch.arange(tk)[None, :]
+    distance = key_pos if absolute else key_pos - query_pos
+    return torch.tensor(slopes or _slopes(n))[:, None, None] * distance
 
 
 # ----------------------------------------------------------------------------- ex03
@@ -234,6 +269,55 @@ def _pad(side_fixed=None, inverted=False, cut_left=False):
     return pad_batch
 
 
+def _learn(tie="age", weighted=True, recount=True, stop=True):
+    """learn_merges with one mistake: ``tie`` "first" (max keeps the first pair seen), "text" (tuple order
+    of the strings), "newest" (the newest symbols win); counts unweighted; counted once; never stops."""
+    def learn_merges(word_counts, num_merges):
+        words = {tuple(w): (n if weighted else 1) for w, n in word_counts.items()}
+        made, merges = {}, []
+        counts = tokenization.get_pair_counts(words)
+        for _ in range(num_merges):
+            if recount:
+                counts = tokenization.get_pair_counts(words)
+            if not counts and stop:
+                break
+            age = lambda s: (1, made[s]) if s in made else (0, ord(s))  # noqa: E731
+            if tie == "first":
+                best = max(counts, key=counts.get)
+            elif tie == "text":
+                best = min(counts, key=lambda p: (-counts[p], p))
+            elif tie == "newest":
+                best = min(counts, key=lambda p: (-counts[p], [-x for x in age(p[0])], [-x for x in age(p[1])]))
+            else:
+                best = min(counts, key=lambda p: (-counts[p], age(p[0]), age(p[1])))
+            if not recount:
+                del counts[best]
+            merges.append(best)
+            made.setdefault(best[0] + best[1], len(made))
+            words = {merge_pair(w, best): n for w, n in words.items()}
+        return merges
+    return learn_merges
+
+
+_CHAR_TO_BYTE = {c: b for b, c in tokenization.bytes_to_unicode().items()}
+
+
+def _decode(per_token=False, errors="replace", specials="own", encoding="utf-8"):
+    def byte_level_decode(tokens):
+        chunks = []
+        for token in tokens:
+            if all(c in _CHAR_TO_BYTE for c in token):
+                chunks.append(bytes(_CHAR_TO_BYTE[c] for c in token))
+            elif specials == "own":
+                chunks.append(token.encode("utf-8"))
+            elif specials == "lookup":
+                chunks.append(bytes(_CHAR_TO_BYTE[c] for c in token))  # KeyError
+        if per_token:
+            return "".join(c.decode(encoding, errors=errors) for c in chunks)
+        return b"".join(chunks).decode(encoding, errors=errors)
+    return byte_level_decode
+
+
 EX03_WRONG = {
     "bytes_to_unicode": {
         "identity table": _bytes_identity,
@@ -264,6 +348,23 @@ EX03_WRONG = {
         "always right padding": _pad(side_fixed="right"),
         "mask inverted": _pad(inverted=True),
         "truncates from the left": _pad(cut_left=True),
+    },
+    "learn_merges": {
+        "max() keeps the first of equal pairs": _learn(tie="first"),
+        "ties by the pairs' text": _learn(tie="text"),
+        "ties to the newest symbols": _learn(tie="newest"),
+        "ignores the word counts": _learn(weighted=False),
+        "counts the pairs once, never again": _learn(recount=False),
+        "does not stop when nothing is left (raises)": _learn(stop=False),
+    },
+    "byte_level_decode": {
+        "decodes token by token": _decode(per_token=True),
+        "drops invalid bytes": _decode(errors="ignore"),
+        "raises on invalid UTF-8": _decode(errors="strict"),
+        "drops special tokens": _decode(specials="drop"),
+        "looks special tokens up in the byte table": _decode(specials="lookup"),
+        "latin-1 instead of UTF-8": _decode(encoding="latin-1"),
+        "joins the tokens' text": lambda tokens: "".join(tokens),
     },
 }
 
@@ -296,3 +397,30 @@ def test_expect_raises_names_the_reason_and_what_came_back():
         registry.expect_raises(ValueError, lambda: torch.zeros(2), "split_heads(...)", "10 is not divisible by 4")
     with pytest.raises(GradeError, match=r"returned \(2, 3\)$"):
         registry.expect_raises(ValueError, lambda: (2, 3), "broadcast_shapes((2,), (3,))", "sizes 2 and 3 clash")
+
+
+MESSAGES = [
+    ("ex02", "layer_norm", EX02_WRONG["layer_norm"]["unbiased variance"], "the unbiased variance (divided by d - 1)"),
+    ("ex02", "layer_norm", EX02_WRONG["layer_norm"]["eps outside the root"], "eps is added outside the square root"),
+    ("ex02", "stable_softmax", EX02_WRONG["stable_softmax"]["NaN on fully masked rows"], "contains NaN"),
+    ("ex02", "rms_norm", EX02_WRONG["rms_norm"]["subtracts the mean (LayerNorm)"], "LayerNorm: you subtracted the mean"),
+    ("ex02", "rms_norm", EX02_WRONG["rms_norm"]["eps outside the root"], "eps is added outside the square root"),
+    ("ex02", "rms_norm", EX02_WRONG["rms_norm"]["forgets the weight"], "the weight is missing"),
+    ("ex02", "alibi_bias", EX02_WRONG["alibi_bias"]["sign flipped"], "the sign is flipped"),
+    ("ex02", "alibi_bias", EX02_WRONG["alibi_bias"]["queries at 0 .. t_query-1 (no cache offset)"],
+     "the last t_query of the t_key"),
+    ("ex02", "alibi_bias", EX02_WRONG["alibi_bias"]["slopes spread over n heads, not n0"], "not a power of two"),
+    ("ex03", "learn_merges", EX03_WRONG["learn_merges"]["ties by the pairs' text"], "A tie goes to the pair"),
+    ("ex03", "learn_merges", EX03_WRONG["learn_merges"]["ignores the word counts"], "weighted by its count"),
+    ("ex03", "byte_level_decode", EX03_WRONG["byte_level_decode"]["decodes token by token"], "each token on its own"),
+    ("ex03", "byte_level_decode", EX03_WRONG["byte_level_decode"]["raises on invalid UTF-8"], "must decode to U+FFFD"),
+    ("ex03", "byte_level_decode", EX03_WRONG["byte_level_decode"]["looks special tokens up in the byte table"],
+     "stands for its own text"),
+]
+
+
+@pytest.mark.parametrize("chapter,name,fn,message", MESSAGES, ids=[m for *_, m in MESSAGES])
+def test_checks_name_the_mistake(chapter, name, fn, message):
+    for seed in SEEDS:
+        with pytest.raises(GradeError, match=re.escape(message)):
+            checks(chapter)[name].grade(fn, np.random.default_rng(seed))

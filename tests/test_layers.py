@@ -602,7 +602,7 @@ def test_everything_runs_on_other_devices_and_dtypes():
 SHORTCUTS = {"linear", "embedding", "layer_norm", "gelu", "relu", "softmax", "log_softmax",
              "dropout", "scaled_dot_product_attention", "multi_head_attention_forward",
              "MultiheadAttention", "Linear", "Embedding", "LayerNorm", "GELU", "ReLU", "Dropout",
-             "Softmax", "functional"}
+             "Softmax", "functional", "rms_norm", "RMSNorm"}
 
 
 def shortcuts_used(source: str) -> list[str]:
@@ -635,3 +635,85 @@ def test_the_shortcut_check_has_teeth(snippet):
     assert shortcuts_used(snippet), snippet
     # while our own names, `self.dropout` and docstrings that *mention* shortcuts pass
     assert shortcuts_used('"""like F.softmax"""\ny = softmax(x)\nz = self.dropout(y)\n# F.gelu') == []
+
+
+# --------------------------------------------------------------------------------------
+# RMSNorm and ALiBi (the references of chapter 02's stretch exercises)
+
+def test_rms_norm_matches_F_rms_norm():
+    for shape, eps in [((2, 3, 8), 1e-6), ((5, 64), 1e-5), ((7,), 1e-3)]:
+        x = torch.randn(*shape) * 4 + 1
+        w = torch.randn(shape[-1])
+        close(L.rms_norm(x, w, eps), F.rms_norm(x, (shape[-1],), w, eps), atol=1e-6, rtol=1e-6)
+        close(L.rms_norm(x, None, eps), F.rms_norm(x, (shape[-1],), None, eps), atol=1e-6, rtol=1e-6)
+    # no centring: a constant row normalises to ones (LayerNorm would give zeros)
+    close(L.rms_norm(torch.full((2, 4), 3.0)), torch.ones(2, 4), atol=1e-6)
+    assert torch.all(L.rms_norm(torch.zeros(3, 5)) == 0)  # eps keeps 0 / 0 away
+
+
+def test_RMSNorm_module_matches_nn_RMSNorm():
+    ours, theirs = L.RMSNorm(16, eps=1e-5), nn.RMSNorm(16, eps=1e-5)
+    with torch.no_grad():
+        ours.weight.copy_(torch.randn(16))
+    theirs.load_state_dict(ours.state_dict())  # same name and shape: weight (16,)
+    x = torch.randn(2, 5, 16)
+    close(ours(x), theirs(x), atol=1e-6, rtol=1e-6)
+    assert [n for n, _ in ours.named_parameters()] == ["weight"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_rms_norm_half_types_compute_in_float32(dtype):
+    x, w = torch.randn(4, 768) * 3, torch.randn(768)
+    ours = L.rms_norm(x.to(dtype), w.to(dtype))
+    assert ours.dtype == dtype
+    step = torch.finfo(dtype).eps * L.rms_norm(x, w).abs().max()
+    assert (ours.float() - L.rms_norm(x, w)).abs().max() <= step
+    assert (ours.float() - F.rms_norm(x.to(dtype), (768,), w.to(dtype), 1e-6).float()).abs().max() <= step
+
+
+def test_rms_norm_gradients_match_torch():
+    x, w = torch.randn(3, 4, 10), torch.randn(10)
+    up = torch.randn(3, 4, 10)
+    for a, b in zip(grads(lambda x, w: L.rms_norm(x, w, 1e-6), [x, w], up),
+                    grads(lambda x, w: F.rms_norm(x, (10,), w, 1e-6), [x, w], up)):
+        close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_alibi_slopes_are_the_papers_and_blooms():
+    assert L.alibi_slopes(8).tolist() == [2.0 ** -k for k in range(1, 9)]
+    assert L.alibi_slopes(4).tolist() == [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8]
+    assert L.alibi_slopes(6).tolist() == [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8, 2.0 ** -1, 2.0 ** -3]
+    with pytest.raises(ValueError):
+        L.alibi_slopes(0)
+    bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
+    for n in range(1, 65):
+        close(L.alibi_slopes(n), bloom._get_alibi_slopes(n, "cpu"), atol=0, rtol=1e-6)
+
+
+def test_alibi_bias_values_and_kv_cache_offset():
+    bias = L.alibi_bias(2, 3)  # (H, T, T): 0 on the diagonal, -slope per step back
+    assert bias.shape == (2, 3, 3) and bias.dtype == torch.float32
+    slopes = L.alibi_slopes(2)
+    close(bias[:, 2, 0], -2 * slopes)
+    assert torch.all(torch.diagonal(bias, dim1=1, dim2=2) == 0)
+    # with a cache the queries are the last positions: the last rows of the full table
+    assert torch.equal(L.alibi_bias(4, 2, 7), L.alibi_bias(4, 7)[:, -2:, :])
+    with pytest.raises(ValueError):
+        L.alibi_bias(2, 5, 3)
+    assert L.alibi_bias(4, 3, device="meta").device.type == "meta"
+
+
+def test_alibi_attention_equals_blooms_alibi():
+    """BLOOM adds slope * key position (a row constant away from ours): same weights after the softmax."""
+    bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
+    B, H, T, D = 2, 6, 7, 8
+    q, k, v = (torch.randn(B, H, T, D) for _ in range(3))
+    theirs_bias = bloom.build_alibi_tensor(torch.ones(B, T, dtype=torch.long), H, torch.float32).view(B, H, 1, T)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(D)
+    causal = L.causal_mask(T)
+    ours = L.softmax((scores + L.alibi_bias(H, T)).masked_fill(~causal, float("-inf")))
+    theirs = L.softmax((scores + theirs_bias).masked_fill(~causal, float("-inf")))
+    close(ours, theirs, atol=1e-6)
+    # and it is what F.scaled_dot_product_attention computes with the bias as a float mask
+    sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=L.alibi_bias(H, T).masked_fill(~causal, float("-inf")))
+    close(ours @ v, sdpa, atol=1e-5)

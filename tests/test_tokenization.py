@@ -510,3 +510,93 @@ def test_vocab_and_merges_readers(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\nl o\nlow\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"merges.txt, line 3: a merge must be two tokens"):
         tk.read_merges_txt(tmp_path / "merges.txt")
+
+
+# ======================================================================================
+# Beyond the chapter: learning merges the plain way, and decoding bytes back to text
+# (the references of chapter 03's stretch exercises)
+# ======================================================================================
+
+
+def byte_word_counts(texts):
+    counts = {}
+    for text in texts:
+        for word in byte_level_pre_tokenize(text):
+            counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def test_learn_merges_small_cases():
+    assert tk.learn_merges({"low": 5, "lower": 2, "newest": 6, "widest": 3}, 3) == [("e", "s"), ("es", "t"), ("l", "o")]
+    assert tk.learn_merges({}, 5) == [] and tk.learn_merges({"abc": 3}, 0) == []
+    assert tk.learn_merges({"aaaa": 1}, 10) == [("a", "a"), ("aa", "aa")]  # stops: nothing left to merge
+    assert tk.learn_merges({"a": 4, "b": 2}, 3) == []  # single characters: no pairs at all
+    # ties between single characters go by code point, not by where they were first seen
+    assert tk.learn_merges({"ba": 1, "ab": 1}, 1) == [("a", "b")]
+    assert tk.learn_merges({"éx": 1, "xé": 1}, 1) == [("x", "é")]
+    # a merged symbol is younger than every single character: ("b", "c") beats ("ab", "c")
+    assert tk.learn_merges({"ab": 1, "abc": 1, "bc": 1}, 2) == [("a", "b"), ("b", "c")]
+    words = {"abc": 2}
+    tk.learn_merges(words, 5)
+    assert words == {"abc": 2}  # the input is only read
+
+
+def test_learn_merges_equals_train_bpe_on_the_corpus():
+    docs = corpus_documents("heldout")[:25]
+    merges = tk.learn_merges(byte_word_counts(docs), 150)
+    _, fast = train_bpe(docs, vocab_size=256 + 150, special_tokens=(), min_frequency=1)
+    assert len(merges) == 150 and merges == fast
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(st.text(alphabet="ab é\n", max_size=40), min_size=1, max_size=6))
+def test_learn_merges_reproduces_the_library_until_nothing_is_left(texts):
+    """Until every word is one symbol: so tie-breaks, repeated tokens and stopping all count."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=100_000, min_frequency=1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    lib_merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+                  for m in json.loads(tok.to_str())["model"]["merges"]]
+    assert tk.learn_merges(byte_word_counts(texts), 10_000) == lib_merges
+
+
+def test_byte_level_decode_examples_and_edge_cases():
+    table = bytes_to_unicode()
+    assert tk.byte_level_decode([]) == ""
+    assert tk.byte_level_decode(["Hello", "Ġworld", "Ċ"]) == "Hello world\n"
+    assert tk.byte_level_decode(["Ã", "©"]) == "é" and tk.byte_level_decode(["Ã©"]) == "é"
+    assert tk.byte_level_decode(["Ã"]) == "\ufffd"  # a character cut short
+    assert tk.byte_level_decode(["a", "<new turn>", "<|endoftext|>"]) == "a<new turn><|endoftext|>"
+    every_byte = bytes(range(256))
+    assert tk.byte_level_decode(["".join(table[b] for b in every_byte)]) == every_byte.decode("utf-8", "replace")
+
+
+def test_byte_level_decode_matches_the_library_decoder():
+    """Random texts as byte tokens cut anywhere (inside characters too), bytes dropped, added tokens mixed in."""
+    table, rng = bytes_to_unicode(), random.Random(0)
+    added = ["<|endoftext|>", "<new turn>", "<|日本|>", "[中]", " ", "x y"]
+    decoder = decoders.ByteLevel()
+    cases = []
+    for line in rng.sample(HARD_LINES + CORPUS, 400):
+        data = bytearray(line.encode("utf-8"))
+        if data and rng.random() < 0.3:
+            del data[rng.randrange(len(data))]
+        chars = [table[b] for b in data]
+        tokens, start = [], 0
+        while start < len(chars):
+            end = start + rng.randint(1, 6)
+            tokens.append("".join(chars[start:end]))
+            if rng.random() < 0.1:
+                tokens.append(rng.choice(added))
+            start = end
+        cases.append(tokens)
+    assert_all_equal(cases, [tk.byte_level_decode(t) for t in cases], [decoder.decode(t) for t in cases],
+                     "byte-level decode")
+
+
+def test_the_bpe_tokenizer_decodes_with_byte_level_decode(bpe_ours):
+    ids = bpe_ours.encode("Héllo wörld<|endoftext|>")
+    assert bpe_ours.decode(ids) == tk.byte_level_decode([bpe_ours.id_to_token[i] for i in ids])
+    assert bpe_ours.decode(ids, skip_special_tokens=True) == "Héllo wörld"
