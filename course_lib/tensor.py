@@ -94,6 +94,36 @@ def normalize_dim(dim: int, ndim: int, *, extra: int = 0) -> int:
     return dim + limit if dim < 0 else dim
 
 
+def transpose_layout(shape: Sequence[int], strides: Sequence[int], dim0: int, dim1: int) -> tuple[Shape, Shape]:
+    """The ``(shape, strides)`` of a transpose: swap two sizes and the two matching strides.
+
+    No element moves, so the offset stays too. Dims may be negative (``-1`` is the last).
+    ``transpose_layout((2, 3), (3, 1), 0, 1) == ((3, 2), (1, 3))``.
+    """
+    d0, d1 = normalize_dim(dim0, len(shape)), normalize_dim(dim1, len(shape))
+    shape, strides = list(shape), list(strides)
+    shape[d0], shape[d1] = shape[d1], shape[d0]
+    strides[d0], strides[d1] = strides[d1], strides[d0]
+    return tuple(shape), tuple(strides)
+
+
+def gather_view(storage: np.ndarray, shape: Sequence[int], strides: Sequence[int], offset: int) -> np.ndarray:
+    """The elements of the view ``(storage, shape, strides, offset)``, copied into a fresh
+    array of shape ``shape`` (row-major): what ``contiguous()`` puts in its new storage.
+
+    For every dimension d, the positions ``0..n_d-1`` times ``stride_d`` are added up with
+    broadcasting, which gives the storage position of every element at once; then one
+    fancy-index gathers them. (``np.lib.stride_tricks.as_strided`` does the same without a
+    copy, but can read out of bounds if the strides are wrong.)
+    """
+    ndim = len(shape)
+    position = np.full(tuple(shape), offset, dtype=np.int64)
+    for d, (size, stride) in enumerate(zip(shape, strides)):
+        along_d = np.arange(size).reshape([size if e == d else 1 for e in range(ndim)])
+        position = position + along_d * stride
+    return np.asarray(storage[position])
+
+
 def broadcast_shapes(shape_a: Sequence[int], shape_b: Sequence[int]) -> Shape:
     """The shape that ``a op b`` has under broadcasting, or ValueError if there is none.
 
@@ -171,6 +201,31 @@ def view_strides(shape: Sequence[int], strides: Sequence[int], new_shape: Sequen
     if view_d != -1:
         return None
     return tuple(new_strides)
+
+
+def unfold_layout(shape: Sequence[int], strides: Sequence[int], dim: int, size: int,
+                  step: int) -> tuple[Shape, Shape]:
+    """The ``(shape, strides)`` of ``t.unfold(dim, size, step)``: every window of ``size``
+    elements along ``dim``, ``step`` apart, as a view (torch's ``Tensor.unfold``).
+
+    Window ``w`` covers positions ``w * step .. w * step + size - 1`` of ``dim``, so
+    ``out[..., w, ..., j] == t[..., w * step + j, ...]``. Dimension ``dim`` becomes the
+    window count (every start whose window still fits) and moves ``step`` elements of the
+    old dimension per window; the window itself is a new last dimension that moves like
+    the old ``dim``. Nothing is copied: this is im2col without the copy.
+    ``unfold_layout((5,), (1,), 0, 3, 2) == ((2, 3), (2, 1))``.
+    """
+    shape, strides = tuple(int(n) for n in shape), tuple(int(s) for s in strides)
+    d = normalize_dim(dim, len(shape))
+    if size < 0 or size > shape[d]:
+        raise ValueError(f"unfold: window size {size} does not fit dimension {dim} of size {shape[d]} "
+                         f"(expected 0 <= size <= {shape[d]})")
+    if step < 1:
+        raise ValueError(f"unfold: step must be >= 1, got {step}")
+    n_windows = (shape[d] - size) // step + 1  # starts 0, step, 2*step, ... while the window fits
+    new_shape = shape[:d] + (n_windows,) + shape[d + 1:] + (size,)
+    new_strides = strides[:d] + (strides[d] * step,) + strides[d + 1:] + (strides[d],)
+    return new_shape, new_strides
 
 
 # --------------------------------------------------------------------------------------
@@ -325,18 +380,9 @@ class Tensor:
 
     # ---- reading the elements -----------------------------------------------------------
     def numpy(self) -> np.ndarray:
-        """A fresh NumPy array (a copy) holding the logical elements, shape ``self.shape``.
-
-        For every dimension d, the positions ``0..n_d-1`` times ``stride_d`` are added up
-        with broadcasting, which gives the storage position of every element at once;
-        then one fancy-index gathers them. (``np.lib.stride_tricks.as_strided`` does the
-        same without a copy, but can read out of bounds if the strides are wrong.)
-        """
-        position = np.full(self.shape, self.offset, dtype=np.int64)
-        for d, (size, stride) in enumerate(zip(self.shape, self.strides)):
-            along_d = np.arange(size).reshape([size if e == d else 1 for e in range(self.ndim)])
-            position = position + along_d * stride
-        return np.asarray(self.storage[position])
+        """A fresh NumPy array (a copy) holding the logical elements, shape ``self.shape``
+        (see :func:`gather_view`)."""
+        return gather_view(self.storage, self.shape, self.strides, self.offset)
 
     def __array__(self, dtype=None, copy=None):
         array = self.numpy()
@@ -390,12 +436,9 @@ class Tensor:
         return self.contiguous().view(new_shape)
 
     def transpose(self, dim0: int, dim1: int) -> Tensor:
-        """Swap two dimensions: swap their sizes and their strides. No data moves."""
-        d0, d1 = normalize_dim(dim0, self.ndim), normalize_dim(dim1, self.ndim)
-        shape, strides = list(self.shape), list(self.strides)
-        shape[d0], shape[d1] = shape[d1], shape[d0]
-        strides[d0], strides[d1] = strides[d1], strides[d0]
-        return self._view_of_self(shape, strides)
+        """Swap two dimensions: swap their sizes and their strides (:func:`transpose_layout`).
+        No data moves."""
+        return self._view_of_self(*transpose_layout(self.shape, self.strides, dim0, dim1))
 
     @property
     def T(self) -> Tensor:
@@ -456,6 +499,12 @@ class Tensor:
             d = normalize_dim(dim, self.ndim)
             keep = [e for e in range(self.ndim) if e != d or self.shape[e] != 1]
         return self._view_of_self([self.shape[d] for d in keep], [self.strides[d] for d in keep])
+
+    def unfold(self, dim: int, size: int, step: int) -> Tensor:
+        """Every window of ``size`` elements along ``dim``, ``step`` apart, as a new last dimension:
+        a view, like torch's ``Tensor.unfold`` (see :func:`unfold_layout`)."""
+        shape, strides = unfold_layout(self.shape, self.strides, dim, size, step)
+        return self._view_of_self(shape, strides)
 
     def __getitem__(self, index) -> Tensor:
         """Basic indexing with ints, slices (positive steps) and ``...``; always a view.
@@ -658,3 +707,28 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     if b.ndim == 1:
         result = result.squeeze(-1)
     return result
+
+
+# --------------------------------------------------------------------------------------
+# Broadcasting, backwards: where a broadcast input's gradient comes from.
+
+def unbroadcast(grad: Tensor, shape: Sequence[int]) -> Tensor:
+    """Sum ``grad``, the gradient of a broadcast result, back to the input's ``shape``.
+
+    If ``x`` of ``shape`` was broadcast to ``grad.shape`` (``x + y``, ``x * y``, ...), each
+    element of ``x`` was read by every position it was stretched over, so its gradient is
+    the *sum* of ``grad`` over those positions: over the leading dimensions broadcasting
+    added, and over every dimension where ``shape`` has size 1 and ``grad`` does not (kept,
+    with size 1). ``unbroadcast(ones of shape (2, 3, 4), (3, 1))`` has shape ``(3, 1)``,
+    every value 8. ValueError if ``shape`` does not broadcast to ``grad.shape``.
+    """
+    shape = tuple(int(n) for n in shape)
+    if broadcast_shapes(shape, grad.shape) != grad.shape:  # also raises for shapes that clash
+        raise ValueError(f"unbroadcast: shape {shape} does not broadcast to the gradient's shape {grad.shape}")
+    out = grad
+    for _ in range(grad.ndim - len(shape)):
+        out = out.sum(0)  # a dimension broadcasting added on the left: every copy adds up
+    for d, size in enumerate(shape):
+        if size == 1 and out.shape[d] != 1:
+            out = out.sum(d, keepdim=True)  # a size-1 dimension that was stretched
+    return out

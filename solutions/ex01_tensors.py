@@ -4,7 +4,8 @@ A tensor is a flat ``storage`` buffer plus ``shape``, ``strides`` (in elements) 
 ``offset``; the element at ``index`` lives at
 ``storage[offset + sum(index[d] * strides[d] for every dimension d)]``.
 These exercises have you write that bookkeeping yourself, with plain Python (and NumPy
-arrays only as containers).
+arrays only as containers). Don't ask torch or NumPy for the answer (``np.broadcast_shapes``,
+``Tensor.unfold``, ``as_strided``...): the point is to work it out.
 
 Write the body of each function below, replacing ``raise NotImplementedError``. Then grade:
 
@@ -15,7 +16,9 @@ Write the body of each function below, replacing ``raise NotImplementedError``. 
   ``python -m course_lib.grade ex01.matmul_loops`` (one).
 
 The checks call your functions on random inputs and compare with ``course_lib.tensor``,
-so an answer that only works for the examples will not pass.
+so an answer that only works for the examples will not pass. A failed check shows a hint;
+``check(key)`` again shows the next one. The last two functions are stretch exercises: they
+go past what the chapter shows.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     last dimension moves 1 element in storage; along the middle one, a whole row of 4;
     along the first, a whole 3x4 block of 12.
 
-    Hint: walk from the last dimension to the first, keeping a running product.
+    Hint: which dimension's elements sit next to each other in memory?
     """
     strides = [1] * len(shape)
     for d in range(len(shape) - 2, -1, -1):
@@ -54,7 +57,7 @@ def flat_index(index: tuple[int, ...], strides: tuple[int, ...], offset: int = 0
     Example: ``flat_index((1, 2), strides=(3, 1), offset=0) == 5`` (row 1 starts at 3,
     plus 2). With ``offset=10`` the answer is 15.
 
-    Hint: one multiplication per dimension, then add them all and the offset.
+    Hint: each index moves you that many strides along its own dimension.
     """
     position = offset
     for i, stride in zip(index, strides):
@@ -72,8 +75,7 @@ def is_contiguous(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
     Examples: ``is_contiguous((2, 3), (3, 1))`` is True; ``is_contiguous((2, 3), (1, 2))``
     (a transpose) is False; ``is_contiguous((3, 1), (1, 7))`` is True (the 7 is never used).
 
-    Hint: walk from the last dimension to the first with an ``expected`` stride that starts
-    at 1 and is multiplied by each size you pass.
+    Hint: compare with the strides a row-major layout would have, dimension by dimension.
     """
     expected = 1
     for size, stride in zip(reversed(shape), reversed(strides)):
@@ -95,8 +97,7 @@ def transpose_strides(shape: tuple[int, ...], strides: tuple[int, ...], dim0: in
 
     Example: ``transpose_strides((2, 3), (3, 1), 0, 1) == ((3, 2), (1, 3))``.
 
-    Hint: turn a negative dim into ``dim + len(shape)``; then swap two entries in each tuple
-    (lists are easier to swap in).
+    Hint: no element moves; only the bookkeeping of the two dimensions trades places.
     """
     ndim = len(shape)
     d0, d1 = dim0 % ndim, dim1 % ndim  # -1 -> ndim - 1, and so on
@@ -117,7 +118,7 @@ def broadcast_shapes(shape_a: tuple[int, ...], shape_b: tuple[int, ...]) -> tupl
     Examples: ``broadcast_shapes((2, 1, 3), (4, 1)) == (2, 4, 3)``;
     ``broadcast_shapes((2, 3), (4,))`` raises ValueError (3 vs 4).
 
-    Hint: ``(1,) * (n - len(shape)) + shape`` pads a shape to ``n`` dimensions.
+    Hint: a shape with fewer dimensions acts as if it had size-1 dimensions in front.
     """
     ndim = max(len(shape_a), len(shape_b))
     a = (1,) * (ndim - len(shape_a)) + tuple(shape_a)
@@ -146,8 +147,8 @@ def contiguous_copy(storage: np.ndarray, shape: tuple[int, ...], strides: tuple[
     Example: ``storage = np.arange(6.0)``, ``shape=(3, 2)``, ``strides=(1, 3)``,
     ``offset=0`` (the transpose of a 2x3 matrix) gives ``[0., 3., 1., 4., 2., 5.]``.
 
-    Hint: ``itertools.product(*(range(n) for n in shape))`` visits every index in
-    row-major order; ``flat_index`` from above says where each one lives.
+    Hint: visit the indices in row-major order (``itertools.product`` can do that);
+    ``flat_index`` from above says where each one lives.
     """
     out = np.empty(math.prod(shape), dtype=storage.dtype)
     for k, index in enumerate(itertools.product(*(range(n) for n in shape))):
@@ -165,9 +166,10 @@ def matmul_loops(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     Example: ``matmul_loops(np.array([[1., 2.]]), np.array([[3.], [4.]]))`` is
     ``[[11.]]``.
 
-    Hint: three nested ``for`` loops (i, j, p) and ``np.zeros((m, n))`` for the result.
     Don't call ``@``/``np.matmul``/``np.dot`` — the point is to see the definition
     (and, later, why libraries work so hard to make this fast).
+
+    Hint: every output element is a dot product; one loop per index in the formula.
     """
     (m, k), (k_b, n) = a.shape, b.shape
     if k != k_b:
@@ -192,7 +194,75 @@ def bytes_for(n_params: int, dtype: str) -> int:
     Examples: ``bytes_for(124_439_808, "float32") == 497_759_232`` (GPT-2 small, ~475 MiB);
     ``bytes_for(3, "int4") == 2``.
 
-    Hint: a dict from dtype name to bits per element, then ``math.ceil(n * bits / 8)``.
+    Hint: bits per value for each dtype (section 9's table), then bits to bytes, rounding up.
     """
     bits = {"float32": 32, "float16": 16, "bfloat16": 16, "int8": 8, "int4": 4}[dtype]
     return math.ceil(n_params * bits / 8)
+
+
+# --------------------------------------------------------------------------------------
+# Stretch exercises: they go past what the chapter shows.
+
+
+def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum the gradient of a broadcast result back to the shape of the input that was broadcast.
+
+    ``grad``: a float array, the gradient of ``x op y`` (shape: the broadcast shape);
+    ``shape``: the shape of ``x`` before broadcasting (``()`` for a scalar). Do not modify
+    ``grad``. Returns an array of exactly ``shape``: for each element of ``x``, the sum of
+    ``grad`` over every position that element was copied to. Raise ``ValueError`` if
+    ``shape`` does not broadcast to ``grad.shape``. NumPy's ``sum`` over axes is fine here.
+
+    This is what autograd does for every broadcasting operation in a training step: a bias
+    of shape ``(n,)`` added to a batch ``(B, T, n)`` gets a gradient of shape ``(n,)``.
+
+    Example: ``grad = np.ones((2, 3, 4))`` and ``shape=(3, 1)`` give a ``(3, 1)`` array of
+    8s (each element was copied to 2 x 4 positions); ``shape=(2, 3, 4)`` gives ``grad``
+    back; ``shape=(3,)`` raises ValueError.
+
+    Hint: broadcasting copies elements in two ways; each copy adds to the gradient.
+    """
+    n_lead = grad.ndim - len(shape)
+    if n_lead < 0:
+        raise ValueError(f"shape {shape} has more dimensions than the gradient {grad.shape}")
+    for size, grad_size in zip(shape, grad.shape[n_lead:]):
+        if size != grad_size and size != 1:
+            raise ValueError(f"shape {shape} does not broadcast to {grad.shape}: {size} vs {grad_size}")
+    out = grad.sum(axis=tuple(range(n_lead)))  # dimensions broadcasting added on the left
+    stretched = tuple(d for d, size in enumerate(shape) if size == 1 and out.shape[d] != 1)
+    return out.sum(axis=stretched, keepdims=True)  # size-1 dimensions that were stretched
+
+
+def unfold_strides(shape: tuple[int, ...], strides: tuple[int, ...], dim: int, size: int,
+                   step: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The ``(shape, strides)`` of every window of ``size`` elements along ``dim``, ``step`` apart.
+
+    This is torch's ``t.unfold(dim, size, step)``, a view: window ``w`` covers positions
+    ``w * step`` to ``w * step + size - 1`` of dimension ``dim``, so
+    ``out[..., w, ..., j] == t[..., w * step + j, ...]``. Dimension ``dim`` becomes the
+    number of windows that fit entirely, and the window is a new LAST dimension.
+    ``shape``, ``strides``: the input's (any strides, not only contiguous ones); ``dim`` may
+    be negative; ``size``, ``step``: ints >= 1. Returns ``(new_shape, new_strides)``, two
+    tuples of ints, one entry longer than the input's. Raise ``ValueError`` if the window
+    does not fit (``size > shape[dim]``) or ``step < 1``.
+
+    Two unfolds of an image ``(H, W)`` give every ``k x k`` patch, ``(H', W', k, k)``,
+    without copying a number: the "im2col" step of a convolution, for free.
+
+    Example: ``unfold_strides((5,), (1,), 0, 3, 2) == ((2, 3), (2, 1))``: windows
+    ``[0, 1, 2]`` and ``[2, 3, 4]``; ``unfold_strides((4, 5), (5, 1), 1, 3, 1)`` is
+    ``((4, 3, 3), (5, 1, 1))``.
+
+    Hint: write down where window ``w``'s element ``j`` sits in storage.
+    """
+    ndim = len(shape)
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"dim {dim} is out of range for {ndim} dimensions")
+    d = dim + ndim if dim < 0 else dim  # -1 is the last dimension
+    if not 1 <= size <= shape[d] or step < 1:
+        raise ValueError(f"a window of {size} with step {step} does not fit dimension {dim} of size {shape[d]}")
+    n_windows = (shape[d] - size) // step + 1
+    new_shape = list(shape) + [size]
+    new_strides = list(strides) + [strides[d]]  # inside a window: one step along dim
+    new_shape[d], new_strides[d] = n_windows, strides[d] * step  # next window: `step` steps along dim
+    return tuple(new_shape), tuple(new_strides)

@@ -153,6 +153,93 @@ def bytes_bf16_as_fp32(n, dtype):
     return math.ceil(n * {"float32": 4, "float16": 2, "bfloat16": 4, "int8": 1, "int4": 0.5}[dtype])
 
 
+def unbroadcast_parts(grad, shape):
+    n_lead = grad.ndim - len(shape)
+    stretched = tuple(d for d, n in enumerate(shape) if n == 1 and grad.shape[n_lead + d] != 1)
+    return n_lead, stretched
+
+
+def unbroadcast_with_mean(grad, shape):
+    np.broadcast_shapes(shape, grad.shape)
+    n_lead, stretched = unbroadcast_parts(grad, shape)
+    out = grad.mean(axis=tuple(range(n_lead)))
+    return out.mean(axis=stretched, keepdims=True)
+
+
+def unbroadcast_without_keepdims(grad, shape):
+    np.broadcast_shapes(shape, grad.shape)
+    n_lead, stretched = unbroadcast_parts(grad, shape)
+    return grad.sum(axis=tuple(range(n_lead))).sum(axis=stretched)
+
+
+def unbroadcast_leading_only(grad, shape):
+    np.broadcast_shapes(shape, grad.shape)
+    return grad.sum(axis=tuple(range(grad.ndim - len(shape))))
+
+
+def unbroadcast_returns_grad(grad, shape):
+    return grad.copy()
+
+
+def unbroadcast_never_raises(grad, shape):
+    n_lead = max(grad.ndim - len(shape), 0)
+    out = grad.sum(axis=tuple(range(n_lead)))
+    stretched = tuple(d for d, n in enumerate(shape) if n == 1 and d < out.ndim and out.shape[d] != 1)
+    return out.sum(axis=stretched, keepdims=True)
+
+
+def unbroadcast_that_zeroes_grad(grad, shape):
+    np.broadcast_shapes(shape, grad.shape)
+    n_lead, stretched = unbroadcast_parts(grad, shape)
+    out = grad.sum(axis=tuple(range(n_lead))).sum(axis=stretched, keepdims=True)
+    grad[...] = 0  # "free" the gradient: the caller's array
+    return out
+
+
+def unfold_parts(shape, strides, dim, size, step):
+    if size > shape[dim] or step < 1:
+        raise ValueError("does not fit")
+    return list(shape), list(strides), dim % len(shape)
+
+
+def unfold_one_window_short(shape, strides, dim, size, step):
+    new_shape, new_strides, d = unfold_parts(shape, strides, dim, size, step)
+    n = new_shape[d]
+    new_shape[d], new_strides[d] = (n - size) // step, strides[d] * step
+    return tuple(new_shape + [size]), tuple(new_strides + [strides[d]])
+
+
+def unfold_step_not_in_stride(shape, strides, dim, size, step):
+    new_shape, new_strides, d = unfold_parts(shape, strides, dim, size, step)
+    new_shape[d] = (shape[d] - size) // step + 1
+    return tuple(new_shape + [size]), tuple(new_strides + [strides[d]])
+
+
+def unfold_window_stride_one(shape, strides, dim, size, step):
+    new_shape, new_strides, d = unfold_parts(shape, strides, dim, size, step)
+    new_shape[d], new_strides[d] = (shape[d] - size) // step + 1, strides[d] * step
+    return tuple(new_shape + [size]), tuple(new_strides + [1])  # as if the input were contiguous
+
+
+def unfold_window_next_to_dim(shape, strides, dim, size, step):
+    new_shape, new_strides, d = unfold_parts(shape, strides, dim, size, step)
+    new_shape[d], new_strides[d] = (shape[d] - size) // step + 1, strides[d] * step
+    new_shape.insert(d + 1, size)
+    new_strides.insert(d + 1, strides[d])
+    return tuple(new_shape), tuple(new_strides)
+
+
+def unfold_never_raises(shape, strides, dim, size, step):
+    d = dim % len(shape)
+    new_shape, new_strides = list(shape), list(strides)
+    new_shape[d], new_strides[d] = max((shape[d] - size) // max(step, 1) + 1, 0), strides[d] * step
+    return tuple(new_shape + [size]), tuple(new_strides + [strides[d]])
+
+
+def unfold_hard_coded(shape, strides, dim, size, step):
+    return ((2, 3), (2, 1)) if tuple(shape) == (5,) else (tuple(shape) + (size,), tuple(strides) + (1,))
+
+
 WRONG = [
     ("contiguous_strides", strides_left_to_right),
     ("contiguous_strides", strides_hard_coded),
@@ -173,7 +260,42 @@ WRONG = [
     ("bytes_for", bytes_floor_for_int4),
     ("bytes_for", bytes_as_float),
     ("bytes_for", bytes_bf16_as_fp32),
+    ("unbroadcast", unbroadcast_with_mean),
+    ("unbroadcast", unbroadcast_without_keepdims),
+    ("unbroadcast", unbroadcast_leading_only),
+    ("unbroadcast", unbroadcast_returns_grad),
+    ("unbroadcast", unbroadcast_never_raises),
+    ("unbroadcast", unbroadcast_that_zeroes_grad),
+    ("unfold_strides", unfold_one_window_short),
+    ("unfold_strides", unfold_step_not_in_stride),
+    ("unfold_strides", unfold_window_stride_one),
+    ("unfold_strides", unfold_window_next_to_dim),
+    ("unfold_strides", unfold_never_raises),
+    ("unfold_strides", unfold_hard_coded),
 ]
+
+
+# The named mistake each wrong answer must be told about (a phrase of the check's message).
+NAMED = {
+    strides_left_to_right: "LAST dimension has stride 1",
+    flat_index_without_offset: "left out the offset",
+    is_contiguous_without_skipping_ones: "size 1 is never stepped along",
+    transpose_shape_only: "swapped the sizes but not the strides",
+    copy_ignoring_strides: "the strides say where each element lives",
+    copy_ignoring_offset: "left out the offset",
+    copy_column_major: "column-major order",
+    unbroadcast_with_mean: "sum, not mean",
+    unbroadcast_without_keepdims: "keep them, with size 1",
+    unbroadcast_leading_only: "expected shape",
+    unbroadcast_returns_grad: "gradient of the broadcast shape",
+    unbroadcast_never_raises: "cannot have been broadcast",
+    unbroadcast_that_zeroes_grad: "changed `grad`",
+    unfold_one_window_short: "one window too few",
+    unfold_step_not_in_stride: "positions apart",
+    unfold_window_stride_one: "need not be contiguous",
+    unfold_window_next_to_dim: "new LAST dimension",
+    unfold_never_raises: "does not fit",
+}
 
 
 @pytest.mark.parametrize("name, wrong", WRONG, ids=[w.__name__ for _, w in WRONG])
@@ -184,6 +306,8 @@ def test_wrong_answer_is_caught_with_a_message(name, wrong):
         message = str(caught.value)
         assert name in message, f"the message should name the call: {message}"
         assert "expected" in message, f"the message should say what was expected: {message}"
+        if wrong in NAMED:
+            assert NAMED[wrong] in message, f"the message should name the mistake ({NAMED[wrong]!r}): {message}"
 
 
 def test_every_check_is_fast_and_every_exercise_has_a_wrong_answer_here():

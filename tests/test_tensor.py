@@ -363,3 +363,84 @@ def test_int4_packs_two_per_byte_and_aliases_work():
         T.zeros(2).to("bfloat16")
     assert T.zeros(2).to("float16").dtype == np.float16
     assert T.format_bytes(1536) == "1.5 KiB"
+
+
+# --------------------------------------------------------------------------------------
+# unfold (sliding windows as a view) and unbroadcast (the gradient of broadcasting)
+
+@given(shapes.filter(lambda s: len(s) >= 1), st.data())
+@THOROUGH
+def test_unfold_matches_torch_after_random_views(shape, data):
+    storage, ours, theirs = same_buffer(shape)
+    for _ in range(data.draw(st.integers(0, 3))):  # start from a non-contiguous view, too
+        name, args = data.draw(view_op(ours.shape))
+        if name in ("view", "index") or (name == "squeeze" and ours.ndim <= 1):
+            continue
+        ours, theirs = apply(ours, name, args), apply(theirs, name, args)
+    if ours.ndim == 0:
+        return
+    dim = data.draw(st.integers(-ours.ndim, ours.ndim - 1))
+    size = data.draw(st.integers(0, ours.shape[dim]))
+    step = data.draw(st.integers(1, 4))
+    result, expected = ours.unfold(dim, size, step), theirs.unfold(dim, size, step)
+    assert_same_layout(result, expected, f"unfold({dim}, {size}, {step}) of {ours.shape} {ours.strides}")
+    assert result.storage is ours.storage  # a view: nothing copied
+
+
+def test_unfold_twice_is_im2col_without_a_copy():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(6, 7)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3)).astype(np.float32)
+    patches = T.from_numpy(image).unfold(0, 3, 2).unfold(1, 3, 2)  # (2, 3, 3, 3): rows, cols, kh, kw
+    assert patches.shape == (2, 3, 3, 3) and patches.storage.size == image.size
+    assert T.unfold_layout((5,), (1,), 0, 3, 2) == ((2, 3), (2, 1))
+    conv = (patches * T.from_numpy(kernel)).sum(-1).sum(-1)
+    expected = torch.nn.functional.conv2d(torch.from_numpy(image)[None, None], torch.from_numpy(kernel)[None, None],
+                                          stride=2)[0, 0]
+    np.testing.assert_allclose(conv.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_unfold_refuses_windows_that_do_not_fit():
+    t = T.zeros(4, 5)
+    with pytest.raises(ValueError, match="window size 6 does not fit dimension 1 of size 5"):
+        t.unfold(1, 6, 1)
+    with pytest.raises(ValueError, match="step must be >= 1"):
+        t.unfold(0, 2, 0)
+    with pytest.raises(IndexError):
+        t.unfold(2, 1, 1)
+
+
+@given(broadcastable_pair(shapes_with_zeros), st.integers(0, 2**32 - 1))
+@THOROUGH
+def test_unbroadcast_is_the_gradient_of_broadcasting(pair, seed):
+    input_shape, other_shape = pair
+    try:
+        out_shape = np.broadcast_shapes(input_shape, other_shape)
+    except ValueError:
+        return
+    rng = np.random.default_rng(seed)
+    grad = rng.normal(size=out_shape)
+    x = torch.zeros(input_shape, dtype=torch.float64, requires_grad=True)
+    (x.expand(out_shape) * torch.from_numpy(grad)).sum().backward()  # autograd's answer
+    result = T.unbroadcast(T.from_numpy(grad), input_shape)
+    assert result.shape == tuple(x.grad.shape)
+    np.testing.assert_allclose(result.numpy(), x.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_unbroadcast_refuses_shapes_that_do_not_broadcast_to_the_gradient():
+    grad = T.zeros(2, 4)
+    for shape in [(3,), (2, 1, 4), (2, 5)]:
+        with pytest.raises(ValueError):
+            T.unbroadcast(grad, shape)
+    assert T.unbroadcast(grad, (2, 4)).shape == (2, 4)
+    assert T.unbroadcast(T.from_numpy(np.ones((2, 3, 4))), (3, 1)).tolist() == [[8.0], [8.0], [8.0]]
+
+
+def test_layout_helpers_behind_transpose_and_numpy():
+    assert T.transpose_layout((2, 3), (3, 1), 0, 1) == ((3, 2), (1, 3))
+    assert T.transpose_layout((2, 3, 4), (12, 4, 1), -1, 0) == tuple(
+        (tuple(v.shape), v.stride()) for v in [torch.empty(2, 3, 4).transpose(-1, 0)])[0]
+    storage = np.arange(10.0)
+    gathered = T.gather_view(storage, (3, 2), (1, 3), 1)  # a transposed 2x3 block starting at 1
+    np.testing.assert_array_equal(gathered, torch.from_numpy(storage).as_strided((3, 2), (1, 3), 1).numpy())
+    assert not np.shares_memory(gathered, storage)

@@ -302,7 +302,7 @@ def format_table(results: list[Result], seed: int) -> str:
     return "\n".join(lines)
 
 
-_FAILURES: dict[str, int] = {}  # exercise -> failed check() calls in this kernel, for the hint tiers
+_FAILURES: dict[tuple[str, str], int] = {}  # (exercise, graded folder) -> failed check() calls, for the hint tiers
 
 
 def check(key: str, *, solutions: bool = False, timeout: float = DEFAULT_TIMEOUT, hint: int | None = None,
@@ -316,21 +316,22 @@ def check(key: str, *, solutions: bool = False, timeout: float = DEFAULT_TIMEOUT
     """
     ex = registry.get(key)
     [r], seed = grade([key], solutions=solutions, timeout=timeout, source=source)
+    counter = (key, str(source or ("solutions" if solutions else "exercises")))
     where = r.source or "your exercise file"
     shown_hint = None
     if r.status == "pass":
         after = " A stretch exercise: few get this far." if ex.stretch else \
             " Compare with the course's version in the next cells."
         print(f"[PASS] {r.key}: {r.points}/{r.max_points} points. Well done!{after}")
-        _FAILURES.pop(key, None)
+        _FAILURES.pop(counter, None)
     elif r.status == "todo":
         print(f"[TODO] {r.key}: not implemented yet. Write `{ex.function}` in {where}, save, and run this cell "
               f"again.")
     else:
-        _FAILURES[key] = _FAILURES.get(key, 0) + 1
+        _FAILURES[counter] = _FAILURES.get(counter, 0) + 1
         print(f"[FAIL] {r.key}: {STATUS_TEXT[r.status]} (0/{r.max_points} points)")
         print(_indent(r.message, "  "))
-        shown_hint = _FAILURES[key] if hint is None else hint
+        shown_hint = _FAILURES[counter] if hint is None else hint
         print(f"  (random inputs from seed {seed}; `python -m course_lib.grade {r.key} --seed {seed}` repeats them)")
     if hint is not None and shown_hint is None:
         shown_hint = hint
