@@ -27,6 +27,12 @@ activations**, so the fast path rounds its input to bfloat16 and its output come
 in bfloat16 precision (about 3 significant digits), converted to the input's dtype.
 ``tests/test_quantization.py`` checks them against the reference path.
 
+Past the chapter (its stretch exercises, not used by the layers): ``quantize_int4_clipped``
+searches, per group, the clipping ratio of the symmetric int4 scale that minimises the
+reconstruction error (``clip_search_errors``), and ``w8a8_linear`` quantizes activations
+per token too (``quantize_per_token``) and multiplies int8 by int8 with int32 sums
+(``int8_matmul``) before rescaling.
+
 ``quantize_model(model, scheme)`` swaps a float model's layers in place;
 ``course_lib.load_model(src, quantize="int8")`` quantizes while reading the file, one
 tensor (or block of rows) at a time, so the float32 model never exists in memory.
@@ -228,6 +234,91 @@ def fake_quantize(w: torch.Tensor, scheme: str | Scheme) -> torch.Tensor:
         return dequantize_int8(q, scale, w.dtype)
     q, scale, zero = quantize_int4(w, scheme.group_size, scheme.zero_point)
     return dequantize_int4(unpack_int4(pack_int4(q)), scale, zero, w.dtype)
+
+
+
+# --------------------------------------------------------------------------------------
+# Past the chapter (its stretch exercises): int4 with a learned clip, int8 activations (W8A8)
+
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)  # the clipping ratios searched
+
+
+def clip_search_errors(w: torch.Tensor, group_size: int = 32, ratios: tuple[float, ...] = CLIP_RATIOS
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int4 per group with each clipping ratio: float (N, K) -> (scales, errors), both (R, N, G).
+
+    For ratio ``r`` a group's scale is ``r * max|group| / 7`` (computed in float32, rounded
+    to bfloat16, 1 for an all-zero group); below 1 the largest weights are clipped to ±7
+    levels, and every other weight gets finer steps. ``errors[r, i, j]`` is group (i, j)'s
+    squared error ``sum (w - (q - 8) * scale)^2`` with that scale, in float64: the rounding
+    error of the small weights plus the clipping error of the large ones.
+    """
+    grouped = group_rows(w.float(), group_size)  # (N, G, g)
+    peak = grouped.abs().amax(dim=-1, keepdim=True)  # (N, G, 1)
+    candidates, errors = [], []
+    for ratio in ratios:
+        step = (peak * ratio / 7).to(SCALE_DTYPE)
+        step = step.masked_fill(step == 0, 1.0)  # an all-zero group: any scale is exact
+        levels = quantize_absmax(grouped, step, 7)  # clamped to ±7: that is where the clipping happens
+        residual = grouped.double() - levels.double() * step.double()
+        candidates.append(step.squeeze(-1))
+        errors.append(residual.square().sum(dim=-1))  # (N, G)
+    return torch.stack(candidates), torch.stack(errors)
+
+
+def quantize_int4_clipped(w: torch.Tensor, group_size: int = 32, ratios: tuple[float, ...] = CLIP_RATIOS
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int4 with a learned clip: each group gets the ratio (of ``ratios``) whose scale
+    ``ratio * max|group| / 7`` reconstructs it best. float (N, K) -> (q uint8 (N, K) in 1..15,
+    scale bfloat16 (N, K / group_size)); the weight comes back as ``(q - 8) * scale``.
+
+    Plain absmax (ratio 1) spends levels on the range up to the largest weight; in a group
+    with one large weight most of the others then share a few levels. Clipping the few large
+    weights buys finer steps for all the others, and the search (``clip_search_errors``)
+    picks, per group, the ratio with the smallest squared error (the first one on a tie),
+    as AWQ and GPTQ-style tools do with a grid of clipping ratios.
+    """
+    candidates, errors = clip_search_errors(w, group_size, ratios)  # (R, N, G) each
+    pick = errors.argmin(dim=0, keepdim=True)  # (1, N, G): argmin returns the first of equal minima
+    chosen = candidates.gather(0, pick).squeeze(0)  # (N, G)
+    signed = quantize_absmax(group_rows(w.float(), group_size), chosen.unsqueeze(-1), 7)
+    return (signed.to(torch.int16) + 8).to(torch.uint8).flatten(-2), chosen
+
+
+def quantize_per_token(x: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic int8 for activations: float (..., K) -> (q int8 (..., K), scale float32 (..., 1)).
+
+    Activations change with every input, so their scales are computed at run time, one per
+    row (token): ``max|x_row| / qmax`` (1 for a row of zeros). They are never stored, so they
+    stay float32 instead of being rounded to bfloat16 like the weights' scales.
+    """
+    peak = x.float().abs().amax(dim=-1, keepdim=True)  # (..., 1)
+    per_row = torch.where(peak > 0, peak / qmax, torch.ones_like(peak))
+    return quantize_absmax(x, per_row, qmax), per_row
+
+
+def int8_matmul(q_x: torch.Tensor, q_w: torch.Tensor) -> torch.Tensor:
+    """int8 (M, K) times int8 (N, K) transposed -> int32 (M, N), the sums exact.
+
+    An int8 matrix product would wrap around at 127; int8 hardware multiplies 8-bit values
+    and accumulates in 32 bits, which this emulates (exact while K < 133,000: 127² K < 2³¹).
+    """
+    return torch.matmul(q_x.to(torch.int32), q_w.to(torch.int32).t())
+
+
+def w8a8_linear(x: torch.Tensor, q_w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """``x @ W.T`` with both operands in int8 ("W8A8"): x float (M, K), ``q_w`` int8 (N, K) and its
+    per-channel scales ``w_scale`` (N,) (``quantize_int8``) -> float32 (M, N).
+
+    ``x`` is quantized per token (``quantize_per_token``), the integers are multiplied with
+    int32 sums (``int8_matmul``), and each sum is rescaled once by its row's activation scale
+    and its column's weight scale: ``y[m, n] = acc[m, n] * x_scale[m] * w_scale[n]``. Weight-only
+    int8 (``QuantLinear``) keeps the activations in float; this is what int8 tensor cores and
+    SmoothQuant / LLM.int8()-style kernels compute.
+    """
+    q_x, x_scale = quantize_per_token(x)  # (M, K), (M, 1)
+    total = int8_matmul(q_x, q_w)  # (M, N) int32
+    return total.float() * x_scale * w_scale.float()  # rows by x_scale, columns by w_scale
 
 
 # --------------------------------------------------------------------------------------

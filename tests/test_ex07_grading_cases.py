@@ -284,7 +284,102 @@ EX07_WRONG_INT4 = {
     },
 }
 
-EX07_WRONG = {**EX07_WRONG_INT8, **EX07_WRONG_ERROR, **EX07_WRONG_PACKING, **EX07_WRONG_INT4}
+# ----------------------------------------------------------------------------- stretch: a learned clip
+
+def _clipped(ratio_rule="search", clamp_in_error=True, measure="squared", scope="group", pick="min", offset=8,
+             clamp_q=True, q_scale="chosen", scale_dtype="bf16", keep_all=False):
+    def quantize_int4_clipped(w, group_size, ratios):
+        n, k = w.shape
+        groups = w.reshape(n, k // group_size, group_size)  # (N, G, g)
+        peak = groups.abs().amax(-1, keepdim=True)
+        scales, errors = [], []
+        for r in ([1.0] if ratio_rule == "absmax" else ratios):
+            exact = peak * r / 7
+            s = _guard(exact.to(BF16)) if scale_dtype == "bf16" else _guard(exact)
+            levels = torch.round(groups / s.float())
+            if clamp_in_error:
+                levels = levels.clamp(-7, 7)
+            diff = {"squared": (groups - levels * s.float()).square(), "levels": (groups / s.float() - levels).square(),
+                    "absolute": (groups - levels * s.float()).abs()}[measure].sum(-1, keepdim=True)
+            if scope == "row":
+                diff = diff.sum(1, keepdim=True).expand_as(diff)
+            elif scope == "tensor":
+                diff = diff.sum().expand_as(diff)
+            scales.append(s)
+            errors.append(diff)
+        e = torch.stack(errors)
+        best = e.argmin(0, keepdim=True) if pick == "min" else e.argmax(0, keepdim=True)
+        scale = torch.stack(scales).gather(0, best)[0]  # (N, G, 1)
+        divisor = scale.float() if q_scale == "chosen" else _guard((peak / 7).to(BF16)).float()
+        levels = torch.round(groups / divisor)
+        if clamp_q:
+            levels = levels.clamp(-7, 7)
+        q = (levels + offset).to(torch.int16).remainder(256).to(torch.uint8).reshape(n, k)
+        if keep_all:
+            return q, torch.stack(scales).squeeze(-1)
+        return q, scale.squeeze(-1)
+    return quantize_int4_clipped
+
+
+def _w8a8(scope="token", guard=True, qmax_div=127, scale_dtype="f32", keepdim=False, rounding="round",
+          acc="int32", y="both"):
+    def w8a8_matmul(x, q_w, w_scale):
+        m = {"token": x.abs().amax(dim=1), "tensor": x.abs().amax().expand(x.shape[0]),
+             "feature": x.abs().amax(dim=0)}[scope]
+        s = m / qmax_div
+        if guard:
+            s = _guard(s)
+        if scale_dtype == "bf16":
+            s = s.to(BF16)
+        levels = x / (s.float()[:, None] if scope != "feature" else s.float()[None, :])
+        levels = torch.round(levels) if rounding == "round" else levels.trunc()
+        q_x = levels.clamp(-127, 127).to(torch.int8)
+        total = {"int32": lambda: q_x.to(torch.int32) @ q_w.to(torch.int32).T,
+                 "int8": lambda: (q_x @ q_w.T).to(torch.int32),
+                 "int64": lambda: q_x.long() @ q_w.long().T}[acc]()
+        sx, sw = s.float()[:, None], w_scale.float()[None, :]
+        out = {"both": lambda: total.float() * sx * sw, "no x": lambda: total.float() * sw,
+               "no w": lambda: total.float() * sx,
+               "weight-only": lambda: x @ (q_w.float() * w_scale.float()[:, None]).T}[y]()
+        return q_x, (s[:, None] if keepdim else s), total, out
+    return w8a8_matmul
+
+
+EX07_WRONG_STRETCH = {
+    "quantize_int4_clipped": {
+        "no search: plain absmax (ratio 1)": _clipped(ratio_rule="absmax"),
+        "error measured before the clamp (the smallest ratio wins)": _clipped(clamp_in_error=False),
+        "error measured in levels, not in weights": _clipped(measure="levels"),
+        "the largest error (argmax)": _clipped(pick="max"),
+        "one ratio per row": _clipped(scope="row"),
+        "one ratio for the whole tensor": _clipped(scope="tensor"),
+        "forgot the + 8": _clipped(offset=0),
+        "q not clamped to ±7": _clipped(clamp_q=False),
+        "q from the plain absmax scale, the chosen scale returned": _clipped(q_scale="plain"),
+        "float32 scales": _clipped(scale_dtype="f32"),
+        "every candidate scale returned": _clipped(keep_all=True),
+        "answer key": lambda w, g, ratios: answer_key().quantize_int4_clipped(w, g, tuple(ratios)),
+    },
+    "w8a8_matmul": {
+        "one activation scale for the whole x": _w8a8(scope="tensor"),
+        "no zero guard (a padding token)": _w8a8(guard=False),
+        "divides by 128": _w8a8(qmax_div=128),
+        "bfloat16 activation scales": _w8a8(scale_dtype="bf16"),
+        "x_scale kept as (M, 1)": _w8a8(keepdim=True),
+        "truncates instead of rounding": _w8a8(rounding="trunc"),
+        "the product in int8 (wraps around)": _w8a8(acc="int8"),
+        "int64 sums": _w8a8(acc="int64"),
+        "y without x_scale": _w8a8(y="no x"),
+        "y without w_scale": _w8a8(y="no w"),
+        "y from float x (weight-only int8)": _w8a8(y="weight-only"),
+        "one scale per feature (raises)": _w8a8(scope="feature"),
+        "answer key": lambda x, q_w, w_scale: (*answer_key().quantize_per_token(x), None,
+                                               answer_key().w8a8_linear(x, q_w, w_scale)),
+    },
+}
+
+EX07_WRONG = {**EX07_WRONG_INT8, **EX07_WRONG_ERROR, **EX07_WRONG_PACKING, **EX07_WRONG_INT4,
+              **EX07_WRONG_STRETCH}
 WRONG = [(name, label, fn) for name, cases in EX07_WRONG.items() for label, fn in cases.items()]
 
 
@@ -327,6 +422,31 @@ def _zero_point_f64(w, g):
     return q.to(torch.uint8).flatten(1), scale.squeeze(-1), zero.squeeze(-1).to(torch.uint8)
 
 
+def _clipped_vectorized_f64(w, g, ratios):
+    """Every ratio at once on a new leading dim, float64 errors, the scale as max / 7 * ratio."""
+    n, k = w.shape
+    groups = w.double().reshape(n, k // g, g)
+    peak = groups.abs().amax(-1, keepdim=True).float()
+    r = torch.tensor(ratios, dtype=torch.float32).reshape(-1, 1, 1, 1)
+    scales = (peak / 7 * r).to(BF16)  # (R, N, G, 1)
+    scales = scales.masked_fill(scales == 0, 1.0)
+    s = scales.double()
+    err = (groups - (groups / s).round().clamp(-7, 7) * s).pow(2).sum(-1)  # (R, N, G)
+    pick = err.argmin(0)  # (N, G)
+    scale = scales.squeeze(-1).gather(0, pick.unsqueeze(0))[0]
+    q = ((groups / scale.double().unsqueeze(-1)).round().clamp(-7, 7) + 8).to(torch.uint8).reshape(n, k)
+    return q, scale
+
+
+def _w8a8_float_path(x, q_w, w_scale):
+    """A reciprocal for the scale, the sums through a float64 product, the scales multiplied together first."""
+    m = x.abs().max(dim=1).values
+    s = torch.where(m == 0, torch.ones_like(m), m * (1 / 127))
+    q_x = torch.round(x * (1 / s)[:, None]).clamp(-127, 127).to(torch.int8)
+    total = (q_x.double() @ q_w.double().T).round().to(torch.int32)
+    return q_x, s, total, total.float() * (s[:, None] * w_scale.float()[None, :])
+
+
 RIGHT = {
     "int8_absmax_round_trip": {"float64 and a reciprocal": _round_trip_f64},
     "per_channel_scales": {"max(dim=1).values, masked_fill": lambda w: (w.abs().max(dim=1).values / 127).to(
@@ -342,6 +462,9 @@ RIGHT = {
     "unpack_int4": {"% 16 and // 16": lambda p: torch.stack((p % 16, p // 16), dim=-1).reshape(*p.shape[:-1], -1)},
     "quantize_int4_groups": {"a loop over groups, float64, clamp to 1..15 after the + 8": _int4_loop},
     "quantize_int4_zero_point": {"float64 arithmetic": _zero_point_f64},
+    "quantize_int4_clipped": {"all ratios at once, float64 errors, max / 7 * ratio": _clipped_vectorized_f64,
+                              "the test's own loop": _clipped()},
+    "w8a8_matmul": {"reciprocal scales, a float64 product, scales multiplied first": _w8a8_float_path},
 }
 
 
@@ -355,6 +478,7 @@ def test_right_answer_written_differently_passes(name, label, fn, seed):
 def test_every_exercise_has_wrong_and_right_answers():
     assert set(EX07_WRONG) == set(checks("ex07")) == set(RIGHT)
     assert all(len(cases) >= 3 for cases in EX07_WRONG.values())
+    assert all(len(EX07_WRONG[name]) >= 4 for name in ("quantize_int4_clipped", "w8a8_matmul"))
 
 
 def test_answer_key_is_named_and_restored():
@@ -378,6 +502,14 @@ def test_messages_name_the_likely_mistake():
         ("unpack_int4", "lows then highs (torch.cat)"): "torch.cat",
         ("quantize_int4_groups", "forgot the + 8"): "forgot the + 8",
         ("quantize_int4_groups", "groups of every (K // g)-th weight"): "consecutive",
+        ("quantize_int4_clipped", "no search: plain absmax (ratio 1)"): "did not search",
+        ("quantize_int4_clipped", "error measured before the clamp (the smallest ratio wins)"): "before clamping",
+        ("quantize_int4_clipped", "one ratio per row"): "one ratio per row",
+        ("quantize_int4_clipped", "q from the plain absmax scale, the chosen scale returned"): "plain max|group|",
+        ("w8a8_matmul", "one activation scale for the whole x"): "per-tensor",
+        ("w8a8_matmul", "no zero guard (a padding token)"): "must get 1",
+        ("w8a8_matmul", "the product in int8 (wraps around)"): "int8, which wraps around",
+        ("w8a8_matmul", "y from float x (weight-only int8)"): "weight-only",
     }
     for (name, label), text in cases.items():
         with pytest.raises(GradeError) as info:
@@ -386,4 +518,7 @@ def test_messages_name_the_likely_mistake():
 
 
 def test_points_add_up():
-    assert sum(ex.points for ex in checks("ex07").values()) == 12
+    exercises = checks("ex07").values()
+    assert sum(ex.points for ex in exercises if not ex.stretch) == 12
+    assert sum(ex.points for ex in exercises if ex.stretch) == 6
+    assert {ex.function for ex in exercises if ex.stretch} == {"quantize_int4_clipped", "w8a8_matmul"}

@@ -28,6 +28,14 @@ HAS_SOLUTIONS = bool(SOLUTIONS)
 maintainers_only = pytest.mark.skipif(not HAS_SOLUTIONS, reason="a learner hand-out has no solutions/")
 
 
+def _trivial(node: ast.stmt) -> bool:
+    """`return q, scale` or `return out`: naming the results says nothing about how to compute them."""
+    if not isinstance(node, ast.Return) or node.value is None:
+        return False
+    parts = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+    return all(isinstance(p, ast.Name) for p in parts)
+
+
 def public_functions(source: str) -> dict[str, ast.FunctionDef]:
     tree = ast.parse(source)
     return {node.name: node for node in tree.body
@@ -41,7 +49,8 @@ def statements(fn: ast.FunctionDef, source: str) -> list[str]:
     found = []
     for node in body:
         for sub in ast.walk(node):
-            if isinstance(sub, ast.stmt) and not isinstance(sub, (ast.If, ast.For, ast.While, ast.With, ast.Try)):
+            if isinstance(sub, ast.stmt) and not isinstance(sub, (ast.If, ast.For, ast.While, ast.With, ast.Try)) \
+                    and not _trivial(sub):
                 text = "".join(lines[sub.lineno - 1][sub.col_offset:].split()) if sub.lineno == sub.end_lineno \
                     else ""
                 if len(text) >= 14:

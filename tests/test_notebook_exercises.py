@@ -60,6 +60,14 @@ def shown_text(cell: dict) -> str:
     return output_text(cell)
 
 
+def _trivial(node: ast.stmt) -> bool:
+    """`return q, scale` or `return out`: naming the results says nothing about how to compute them."""
+    if not isinstance(node, ast.Return) or node.value is None:
+        return False
+    parts = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+    return all(isinstance(p, ast.Name) for p in parts)
+
+
 def body_statements(code: str) -> set[str]:
     """Single-line statements of every function body in ``code``, whitespace removed."""
     tree = ast.parse(textwrap.dedent(code))
@@ -72,7 +80,7 @@ def body_statements(code: str) -> set[str]:
         for node in body:
             for sub in ast.walk(node):
                 if isinstance(sub, ast.stmt) and sub.lineno == sub.end_lineno and not isinstance(
-                        sub, (ast.If, ast.For, ast.While, ast.With, ast.Try)):
+                        sub, (ast.If, ast.For, ast.While, ast.With, ast.Try)) and not _trivial(sub):
                     text = "".join(lines[sub.lineno - 1][sub.col_offset:].split())
                     text = re.sub(r"#.*$", "", text)
                     if len(text) >= MIN_STATEMENT:

@@ -306,6 +306,127 @@ def test_fake_quantize_is_what_a_plain_layer_computes_with(scheme):
     assert torch.equal(layer.dequantize(), fake_quantize(w, scheme))
 
 
+
+# ------------------------------------------------------------------- past the chapter: a learned clip, W8A8 (stretch)
+
+def test_clip_with_ratio_one_is_plain_symmetric_int4():
+    w = gaussian(9, 128, seed=3, outliers=5)
+    q, scale = Q.quantize_int4_clipped(w, 32, (1.0,))
+    q_ref, scale_ref, _ = quantize_int4(w, 32)
+    assert torch.equal(q, q_ref) and torch.equal(scale, scale_ref)
+
+
+def test_clip_search_errors_by_hand():
+    """Every candidate scale and error, one group and one ratio at a time in Python floats."""
+    w = gaussian(3, 16, seed=4, outliers=2)
+    w[1, 8:] = 0.0  # an all-zero group
+    ratios = (1.0, 0.8, 0.55)
+    scales, errors = Q.clip_search_errors(w, 8, ratios)
+    assert scales.shape == errors.shape == (3, 3, 2) and scales.dtype == torch.bfloat16
+    assert errors.dtype == torch.float64
+    for r_i, r in enumerate(ratios):
+        for i in range(3):
+            for j in range(2):
+                group = w[i, 8 * j:8 * j + 8]
+                s = float((group.abs().max() * r / 7).to(torch.bfloat16)) or 1.0
+                assert float(scales[r_i, i, j]) == s
+                want = sum((v - max(-7, min(7, round(v / s))) * s) ** 2 for v in group.double().tolist())
+                assert math.isclose(float(errors[r_i, i, j]), want, rel_tol=1e-12, abs_tol=1e-18)
+    assert bool((scales[:, 1, 1] == 1).all()) and bool((errors[:, 1, 1] == 0).all())
+
+
+@pytest.mark.parametrize("group", [8, 32, 128])
+def test_clipped_int4_picks_the_best_ratio_of_each_group(group):
+    w = gaussian(17, 256, seed=group, outliers=6)
+    w[3, :group] = 0.0  # an all-zero group: scale 1, every value the zero level
+    scales, errors = Q.clip_search_errors(w, group)
+    q, scale = Q.quantize_int4_clipped(w, group)
+    assert q.dtype == torch.uint8 and q.shape == w.shape and scale.shape == (17, 256 // group)
+    assert int(q.min()) >= 1 and int(q.max()) <= 15
+    assert float(scale[3, 0]) == 1.0 and bool((q[3, :group] == 8).all())
+    best = errors.argmin(0)  # (N, G), the first of equal minima
+    assert torch.equal(scale, scales.gather(0, best.unsqueeze(0))[0])
+    w_hat = dequantize_int4(q, scale)  # the stored format is plain symmetric int4
+    got = (group_rows(w.double() - w_hat.double(), group) ** 2).sum(-1)
+    torch.testing.assert_close(got, errors.min(0).values, rtol=1e-9, atol=1e-15)
+    assert bool((got <= errors[0] + 1e-15).all())  # never worse than plain absmax (ratio 1), group by group
+    assert bool((best > 0).any())  # some groups clip
+    w = gaussian(17, 256, seed=group)  # without outliers, whose groups dominate the error and rarely clip
+    plain = fake_quantize(w, f"int4-g{group}-sym")
+    # measured relative error, plain -> clipped: 0.0708 -> 0.0682 (g 8), 0.0957 -> 0.0900 (g 32),
+    # 0.1180 -> 0.1060 (g 128): the larger the group, the more a learned clip is worth
+    clipped = dequantize_int4(*Q.quantize_int4_clipped(w, group))
+    assert relative_error(w, clipped) < 0.985 * relative_error(w, plain)
+
+
+def test_clipped_int4_runs_in_the_int4_kernel():
+    """The clipped scales are an ordinary symmetric int4 format: PyTorch's kernel reads them unchanged."""
+    w = gaussian(48, 256, seed=11, outliers=3)
+    q, scale = Q.quantize_int4_clipped(w, 32)
+    layer = QuantLinear(256, 48, False, "int4-g32-sym")
+    layer.load_state_dict({"weight": pack_int4(q), "weight_scale": scale})
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        skip_unless_kernel(layer, x)
+        fast = layer(x)
+    assert torch.equal(layer.dequantize(), dequantize_int4(q, scale))
+    assert_one_bf16_rounding(fast, x, dequantize_int4(q, scale), "clipped int4")
+
+
+def test_per_token_activation_scales():
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(2)) * torch.tensor([[0.01], [1], [30], [1], [2]])
+    x[3] = 0.0  # a padding token
+    q, scale = Q.quantize_per_token(x)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (5, 1)
+    assert float(scale[3]) == 1.0 and bool((q[3] == 0).all())
+    peak = x.abs().amax(1)
+    rows = [0, 1, 2, 4]
+    assert bool((q[rows].abs().amax(1) == 127).all())  # every token's largest |x| is a full-scale level
+    torch.testing.assert_close(scale[rows, 0], peak[rows] / 127, rtol=0, atol=0)
+    assert bool(((x - q.float() * scale).abs() <= scale / 2 * (1 + 1e-6)).all())  # half a step, per token
+
+
+def test_int8_matmul_is_exact_in_int32():
+    g = torch.Generator().manual_seed(5)
+    q_x = torch.randint(-127, 128, (7, 4096), generator=g, dtype=torch.int8)
+    q_w = torch.randint(-127, 128, (9, 4096), generator=g, dtype=torch.int8)
+    q_x[0], q_w[0] = 127, -127  # 4096 x 127 x 127 = 66 million: far past int16, well inside int32
+    acc = Q.int8_matmul(q_x, q_w)
+    assert acc.dtype == torch.int32 and acc.shape == (7, 9)
+    assert torch.equal(acc.long(), q_x.long() @ q_w.long().T) and int(acc[0, 0]) == -4096 * 127 * 127
+    if hasattr(torch, "_int_mm"):  # PyTorch's own int8 x int8 -> int32 product
+        assert torch.equal(acc, torch._int_mm(q_x, q_w.T.contiguous()))
+
+
+def test_w8a8_linear_is_the_rescaled_integer_product():
+    w = gaussian(40, 128, seed=6, outliers=2)
+    q_w, w_scale = quantize_int8(w)
+    x = torch.randn(6, 128, generator=torch.Generator().manual_seed(7))
+    x[:, 5] *= 20  # an outlier feature, as LLM.int8() found in large models
+    y = Q.w8a8_linear(x, q_w, w_scale)
+    q_x, x_scale = Q.quantize_per_token(x)
+    exact = (q_x.double() @ q_w.double().T) * x_scale.double() * w_scale.double()
+    assert y.dtype == torch.float32 and y.shape == (6, 40)
+    torch.testing.assert_close(y.double(), exact, rtol=1e-6, atol=0)
+    weight_only = x @ dequantize_int8(q_w, w_scale).T
+    # measured: 0.0240 weight-only, 0.0339 W8A8 (the outlier feature coarsens every token's steps)
+    assert relative_error(x @ w.T, weight_only) < relative_error(x @ w.T, y) < 0.045
+
+
+def test_per_token_scales_contain_an_outlier_token():
+    w = gaussian(32, 64, seed=8)
+    q_w, w_scale = quantize_int8(w)
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(9))
+    x[2] *= 100  # one token 100x the others
+    y = Q.w8a8_linear(x, q_w, w_scale)
+    peak = x.abs().amax()  # one scale for the whole x instead
+    per_tensor = (torch.round(x / (peak / 127)) * (peak / 127)) @ dequantize_int8(q_w, w_scale).T
+    others = [i for i in range(8) if i != 2]
+    reference = x[others] @ w.T
+    # measured: 0.0079 per token, 0.50 per tensor for the other tokens
+    assert relative_error(reference, y[others]) < 0.02 and relative_error(reference, per_tensor[others]) > 0.3
+
+
 # ---------------------------------------------------------------------------------------------- the int4 kernel layout
 
 def test_int4_kernels_are_found_when_pytorch_has_them():
