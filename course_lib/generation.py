@@ -5,9 +5,10 @@ generate, run the prompt, pick a next token from the last position's scores, app
 and repeat. The pieces, each a function here:
 
 - **choosing**: greedy (the highest score) or sampling from ``softmax(logits / temperature)``,
-  optionally restricted to the ``top_k`` best tokens or to the smallest set whose
-  probability reaches ``top_p`` (nucleus sampling). A seeded ``torch.Generator`` makes a
-  sample repeatable;
+  optionally restricted to the ``top_k`` best tokens, to the smallest set whose
+  probability reaches ``top_p`` (nucleus sampling), or to the tokens at least ``min_p``
+  times as likely as the best one (min-p). A seeded ``torch.Generator`` makes a sample
+  repeatable. A ``repetition_penalty`` makes the tokens already in the text less likely;
 - **stopping**: after ``max_new_tokens``, or when every sequence has produced an end token;
 - **the KV cache**: a token's keys and values never change once computed (causal
   attention: earlier tokens never see later ones), so each step only computes the new
@@ -26,8 +27,8 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["LayerKVCache", "KVCache", "top_k_filter", "top_p_filter", "is_sampling", "next_token",
-           "generate_ids", "generate", "TextStreamer", "print_piece"]
+__all__ = ["LayerKVCache", "KVCache", "top_k_filter", "top_p_filter", "min_p_filter", "apply_repetition_penalty",
+           "is_sampling", "next_token", "generate_ids", "generate", "TextStreamer", "print_piece"]
 
 
 # --------------------------------------------------------------------------------------
@@ -129,24 +130,57 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Min-p filter: keep the tokens at least ``min_p`` times as probable as the most probable one.
+
+    Token v stays when ``p_v >= min_p * max_u p_u`` (probabilities = softmax of the row);
+    the others become -inf. Unlike top-p the cut moves with the model's confidence *on
+    the best token*: a sure model keeps few tokens, an unsure one many. ``min_p`` in
+    [0, 1]: 0 keeps everything, 1 only the best token(s). (..., V) -> (..., V); the same
+    as ``transformers``' ``MinPLogitsWarper(min_p)`` (Nguyen et al. 2024, "min-p sampling").
+    """
+    if not 0.0 <= min_p <= 1.0:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+    probs = logits.softmax(dim=-1)  # (..., V)
+    threshold = min_p * probs.amax(dim=-1, keepdim=True)  # (..., 1) scaled by each row's best token
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+def apply_repetition_penalty(logits: torch.Tensor, input_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make the tokens already in each sequence less likely: (B, V) logits, (B, T) ids -> (B, V).
+
+    Every token that occurs in row b of ``input_ids`` (once or many times: the penalty
+    applies once) has its logit in row b divided by ``penalty`` when positive and
+    multiplied by it when negative, so that ``penalty > 1`` always lowers it (dividing a
+    negative logit would raise it). Other logits are unchanged. ``penalty < 1`` rewards
+    repetition instead. The rule of CTRL (Keskar et al. 2019) and ``transformers``'
+    ``RepetitionPenaltyLogitsProcessor(penalty)``.
+    """
+    if penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1 = no penalty), got {penalty}")
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, input_ids, True)  # (B, V) once per token
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)  # always towards less likely
+    return torch.where(seen, penalized, logits)
+
+
 def is_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                seed: int | None = None) -> bool:
+                seed: int | None = None, min_p: float | None = None) -> bool:
     """Sampling when any sampling parameter is set; greedy otherwise (and for temperature 0)."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if temperature == 0:
         return False
-    return temperature != 1.0 or top_k is not None or top_p is not None or seed is not None
+    return temperature != 1.0 or top_k is not None or top_p is not None or seed is not None or min_p is not None
 
 
 def next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, generator: torch.Generator | None = None,
-               sample: bool = True) -> torch.Tensor:
+               sample: bool = True, min_p: float | None = None) -> torch.Tensor:
     """Choose one token per row of ``logits`` (B, V) -> (B,) int64.
 
     ``sample=False``: greedy, the highest logit. Otherwise: divide by ``temperature``
-    (< 1 sharpens the distribution, > 1 flattens it), apply ``top_k`` then ``top_p`` (the
-    order ``transformers`` uses), and draw from the softmax with ``generator``.
+    (< 1 sharpens the distribution, > 1 flattens it), apply ``top_k``, ``top_p`` then
+    ``min_p`` (the order ``transformers`` uses), and draw from the softmax with ``generator``.
     """
     if not sample:
         return logits.argmax(dim=-1)
@@ -155,6 +189,8 @@ def next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
+    if min_p is not None:
+        logits = min_p_filter(logits, min_p)
     probs = torch.softmax(logits, dim=-1)  # (B, V), 0 where filtered
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
 
@@ -174,12 +210,15 @@ def _eos_ids(model, eos_token_id) -> list[int]:
 def generate_ids(model, input_ids: torch.Tensor, max_new_tokens: int = 20, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  eos_token_id: int | Sequence[int] | None = None, attention_mask: torch.Tensor | None = None,
-                 use_cache: bool = True, stream: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+                 use_cache: bool = True, stream: Callable[[torch.Tensor], None] | None = None,
+                 min_p: float | None = None, repetition_penalty: float | None = None) -> torch.Tensor:
     """Extend each prompt by up to ``max_new_tokens`` tokens: (B, T) -> (B, T + new) int64.
 
     ``model(ids, attention_mask, kv_cache=..., last_only=True)`` must return logits
     (B, 1, V) (the course's ``GPT2LMHeadModel``). Greedy unless a sampling parameter
-    (``temperature`` other than 1, ``top_k``, ``top_p``, ``seed``) is given.
+    (``temperature`` other than 1, ``top_k``, ``top_p``, ``min_p``, ``seed``) is given.
+    ``repetition_penalty`` (greedy or sampling): the tokens of each row so far, prompt
+    included and padding left out, are made less likely (``apply_repetition_penalty``).
     ``eos_token_id``: an id or ids that end a sequence (default: the model's
     ``config.eos_token_id``; ``[]``: never stop early). A finished sequence is filled with
     the end token until every sequence has finished, then generation stops.
@@ -203,7 +242,7 @@ def generate_ids(model, input_ids: torch.Tensor, max_new_tokens: int = 20, *, te
         raise ValueError(f"a prompt of {input_ids.size(1)} tokens + {max_new_tokens} new tokens needs "
                          f"{input_ids.size(1) + max_new_tokens - 1} positions; the model has {positions}: "
                          f"shorten the prompt or ask for fewer tokens")
-    sample = is_sampling(temperature, top_k, top_p, seed)
+    sample = is_sampling(temperature, top_k, top_p, seed, min_p)
     device = next(model.parameters()).device
     ids = input_ids.to(device)
     mask = None if attention_mask is None else attention_mask.to(device)
@@ -216,7 +255,11 @@ def generate_ids(model, input_ids: torch.Tensor, max_new_tokens: int = 20, *, te
     step_input = ids
     for _ in range(max_new_tokens):
         logits = model(step_input, mask, kv_cache=cache, last_only=True)[:, -1]  # (B, V)
-        new = next_token(logits, temperature, top_k, top_p, generator, sample)  # (B,)
+        if repetition_penalty is not None:
+            # pads are not part of the text: stand in the row's last token (real, and already counted)
+            seen = ids if mask is None else torch.where(mask.bool(), ids, ids[:, -1:])
+            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+        new = next_token(logits, temperature, top_k, top_p, generator, sample, min_p)  # (B,)
         if eos.numel():
             new = torch.where(finished, eos[0], new)  # finished rows keep emitting the end token
             finished |= torch.isin(new, eos)
@@ -259,7 +302,8 @@ class TextStreamer:
 def generate(model, tokenizer, prompt: str, max_new_tokens: int = 50, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              use_cache: bool = True, *, stream: Callable[[str], None] | None = None,
-             eos_token_id: int | Sequence[int] | None = None) -> str:
+             eos_token_id: int | Sequence[int] | None = None, min_p: float | None = None,
+             repetition_penalty: float | None = None) -> str:
     """``prompt`` followed by the text the model generates (greedy unless a sampling parameter is set).
 
     ``tokenizer``: a ``tokenizers.Tokenizer`` (``load_tokenizer``). ``stream``: called with
@@ -277,7 +321,8 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 50, temperatur
         ids = [bos]
     streamer = TextStreamer(tokenizer, stream) if stream is not None else None
     out = generate_ids(model, torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k,
-                       top_p=top_p, seed=seed, eos_token_id=eos_token_id, use_cache=use_cache, stream=streamer)
+                       top_p=top_p, seed=seed, eos_token_id=eos_token_id, use_cache=use_cache, stream=streamer,
+                       min_p=min_p, repetition_penalty=repetition_penalty)
     return prompt + tokenizer.decode(out[0, len(ids):].tolist())
 
 

@@ -9,8 +9,8 @@ timing cell in the course uses instead:
 * it reports the **minimum** and the **median** of the repeats (the minimum is the machine's
   best, the median what you would see);
 * it runs with a **thread count that does not oversubscribe** the machine: torch's threads,
-  but no more than the CPUs other programs leave free (measured from ``/proc`` on Linux over
-  a quarter second, this process's own work left out; the load average elsewhere);
+  but no more than the CPUs other programs leave free (the larger of what ``/proc`` shows them
+  using over half a second and the 1-minute load average);
 * a progress bar (``tqdm.auto``) appears when the timing will take more than a few seconds;
 * :meth:`TimingReport.note` says, in the printed text, when the machine looked too busy for
   the numbers to mean much (other programs using the CPUs, or repeats that disagree by more
@@ -55,9 +55,23 @@ def _busy_jiffies() -> tuple[int, int] | None:
     return sum(fields[:8]) - idle, int(mine[11]) + int(mine[12])
 
 
-def load_average(window: float = 0.25) -> float | None:
-    """How many CPUs *other* programs keep busy right now: measured over ``window`` seconds from
-    /proc on Linux (this process's own work left out), else the 1-minute load average, else None."""
+def _system_load() -> float | None:
+    """The 1-minute load average (runnable threads, this process's included), or None."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_average(window: float = 0.5) -> float | None:
+    """How many CPUs other programs keep busy: the larger of what /proc shows them using over the
+    next ``window`` seconds (Linux; this process's own work left out) and the 1-minute load average.
+
+    Both, because each misses something: a short window can fall between the bursts of a busy
+    browser, and the load average counts this process's own recent work. Erring towards "busy"
+    costs a timing one thread; erring the other way oversubscribes the cores, and then a timing
+    can run 20 times slower and rank the candidates wrongly."""
+    measured = None
     before = _busy_jiffies()
     if before is not None:
         start = time.perf_counter()
@@ -67,11 +81,10 @@ def load_average(window: float = 0.25) -> float | None:
         if after is not None and elapsed > 0:
             ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
             others = (after[0] - before[0]) - (after[1] - before[1])
-            return max(0.0, others / ticks / elapsed)
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
+            measured = max(0.0, others / ticks / elapsed)
+    system = _system_load()
+    found = [v for v in (measured, system) if v is not None]
+    return max(found) if found else None
 
 
 def quiet_threads(load: float | None = None) -> int:

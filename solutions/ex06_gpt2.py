@@ -7,6 +7,11 @@ at the last position (the logits), one token is chosen (greedy, or sampled with 
 temperature, top-k and top-p), appended, and the loop repeats. A KV cache keeps the keys
 and values of the tokens seen so far, so that a step computes only the new token; a batch
 of prompts is padded on the left, and position ids count only the real tokens.
+
+The functions come in the order the notebook meets them. The last two are stretch
+exercises (more points, and the notebook does not show the course's version): min-p
+sampling and a repetition penalty.
+
 Shapes: B batch, T tokens, C = n_embd hidden size, H heads, D = C / H head size, P tokens
 already in the cache, V vocabulary size.
 
@@ -15,7 +20,7 @@ You may use any ``torch`` operation and the functions of ``course_lib.layers``
 ``course_lib.layers.causal_mask``, which is the first exercise. Not ``course_lib.generation``
 or ``course_lib.models.gpt2``: they are the answer key, and the grader switches them off
 while your code runs. The functions later in this file can call the ones you wrote earlier
-(``greedy_generate`` is a loop around a model call and an ``argmax``).
+(``decoder_attention_mask`` can use your ``causal_mask``).
 
 Write the body of each function below, replacing ``raise NotImplementedError``. Then grade:
 
@@ -27,8 +32,9 @@ Write the body of each function below, replacing ``raise NotImplementedError``. 
 The checks use random sizes, logits, queries, keys and values, and seeded random number
 generators, and compare with ``course_lib.layers``, ``course_lib.generation`` and
 ``course_lib.models.gpt2`` (itself tested against ``transformers``' GPT-2): masks,
-positions, filtered logits and sampled tokens exactly, attention outputs to within float32
-rounding (1e-5).
+positions, filtered logits and sampled tokens exactly (for min-p, a token within float
+rounding of the threshold may go either way), attention outputs and penalised logits to
+within float32 rounding (1e-5).
 """
 
 from __future__ import annotations
@@ -45,8 +51,8 @@ def causal_mask(t_query: int, t_key: int) -> torch.Tensor:
     The keys are every token so far (t_key of them); the queries are the *last* t_query of
     those tokens (``t_key >= t_query``). Without a cache both are the whole sequence and
     ``t_query == t_key``; with a KV cache only the new tokens are queries while the keys
-    include the cached ones. So query i sits at absolute position ``i + t_key - t_query``,
-    and it may attend to key j exactly when ``j <= i + t_key - t_query``.
+    include the cached ones. So query i sits at absolute position i + (t_key - t_query),
+    and it may attend to key j exactly when j is at or before that position.
 
     Examples::
 
@@ -60,9 +66,8 @@ def causal_mask(t_query: int, t_key: int) -> torch.Tensor:
     You wrote this in chapter 02 (``ex02.causal_mask``): GPT-2 is where it is used, with
     the cache's offset, so write it again here (or copy yours).
 
-    Hint: ``i = torch.arange(t_query)[:, None]`` and ``j = torch.arange(t_key)[None, :]``
-    broadcast to (t_query, t_key); compare them. Or ``torch.ones(t_query, t_key,
-    dtype=torch.bool).tril(diagonal=...)``: which diagonal?
+    Hint: a column of query indices against a row of key indices broadcasts to
+    (t_query, t_key); which comparison, and with which offset?
     """
     i = torch.arange(t_query)[:, None]  # (Tq, 1) query index
     j = torch.arange(t_key)[None, :]  # (1, Tk) key index
@@ -81,14 +86,38 @@ def split_qkv(c_attn_out: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torc
     Example: gpt2 (124M) has C = 768 and H = 12, so ``c_attn_out`` (1, 5, 2304) gives three
     (1, 12, 5, 64) tensors.
 
-    Hint: ``c_attn_out.split(C, dim=-1)`` (with C = 3C // 3) gives three (B, T, C) tensors;
-    then ``.view(B, T, H, D).transpose(1, 2)`` each, or ``course_lib.layers.split_heads``.
-    Splitting into heads *before* splitting q, k, v apart mixes them up.
+    Hint: separate the three C-wide blocks first, then split each into heads as in
+    chapter 04 (``course_lib.layers.split_heads`` is allowed). In the other order q, k and
+    v get mixed up.
     """
     C = c_attn_out.size(-1) // 3
     q, k, v = c_attn_out.split(C, dim=-1)  # 3 x (B, T, C)
     B, T, _ = q.shape
     return tuple(t.reshape(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))  # 3 x (B, H, T, D)
+
+
+def greedy_generate(logits_fn: Callable[[torch.Tensor], torch.Tensor], input_ids: torch.Tensor,
+                    max_new_tokens: int) -> torch.Tensor:
+    """Greedy decoding, without a cache: append the most likely next token, ``max_new_tokens`` times.
+
+    ``logits_fn``: the model, a function from token ids (B, T) int64 to logits (B, T, V),
+    where ``logits[:, t]`` scores the token that follows position t. ``input_ids``:
+    (B, T0) int64, the prompts. At every step, call ``logits_fn`` on *all* the ids so far,
+    take the last position's logits, pick each row's highest-scoring token and append it
+    as a new column. Returns (B, T0 + max_new_tokens) int64: the prompts followed by the
+    new tokens (``max_new_tokens=0`` returns the prompts).
+
+    Example: a model that always scores token ``(last id + 1) % V`` highest, with
+    ``input_ids = [[5, 6]]`` and ``max_new_tokens=3``: ``[[5, 6, 7, 8, 9]]`` (for V > 9).
+
+    Hint: build the result one column at a time; ``torch.cat`` appends a column when it
+    has shape (B, 1), not (B,).
+    """
+    ids = input_ids
+    for _ in range(max_new_tokens):
+        new = logits_fn(ids)[:, -1].argmax(dim=-1)  # (B,) the highest-scoring next token
+        ids = torch.cat([ids, new[:, None]], dim=1)  # (B, T + 1)
+    return ids
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -103,8 +132,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     Example: ``top_k_filter(torch.tensor([1., 3., 2., 3., 0.]), 2)`` ->
     ``[-inf, 3., -inf, 3., -inf]``; with ``k=3``: ``[-inf, 3., 2., 3., -inf]``.
 
-    Hint: ``torch.topk(logits, min(k, V), dim=-1).values[..., -1:]`` is the k-th highest of
-    each row, shape (..., 1); ``logits.masked_fill(logits < kth, float("-inf"))``.
+    Hint: each row's k-th highest logit is a threshold; ``torch.topk`` finds it.
     """
     k = min(k, logits.size(-1))
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1) the k-th highest logit of each row
@@ -126,10 +154,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     (kept), above the next one 0.8 >= 0.7 (dropped), so tokens 1 and 2 stay. ``p=1.0``
     keeps every token; a tiny ``p`` keeps only the top one.
 
-    Hint: ``sorted_logits, order = torch.sort(logits, dim=-1, descending=True)``;
-    ``probs = softmax(sorted_logits)``; ``before = probs.cumsum(-1) - probs`` is what the
-    tokens ranked above hold; ``drop = before >= p`` is in sorted order: put it back with
-    ``drop.scatter(-1, order, drop)``, then ``masked_fill``.
+    Hint: decide in sorted order (``torch.sort``, a cumulative sum), then bring the
+    decisions back to vocabulary order before filling.
     """
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (..., V)
     probs = torch.softmax(sorted_logits, dim=-1)
@@ -148,17 +174,17 @@ def sample_with_temperature(logits: torch.Tensor, temperature: float,
     uniform). ``generator``: a ``torch.Generator`` (or ``None``); a generator seeded the
     same way must give the same tokens, which is how a seed makes generation repeatable.
 
-    Draw with ``torch.multinomial(probs, num_samples=1, generator=generator)`` on the
-    (B, V) probabilities (it draws one column index per row) and return the result as
-    (B,) int64. The grader runs your function and the course's with generators seeded
-    alike and compares the tokens, so draw exactly like that, once, with ``generator``.
+    Draw with ``torch.multinomial`` on the (B, V) probabilities, one sample per row,
+    passing ``generator``, and return one token per row as (B,) int64. The grader runs your
+    function and the course's with generators seeded alike and compares the tokens (and
+    the generators' states afterwards), so draw that way, in one call.
 
     Example: ``logits = torch.tensor([[2.0, 1.0, 0.0]])``: temperature 1 gives probabilities
     ``[0.665, 0.245, 0.090]``; temperature 0.5 ``[0.867, 0.117, 0.016]``; temperature 2
     ``[0.506, 0.307, 0.186]``.
 
-    Hint: ``probs = torch.softmax(logits / temperature, dim=-1)``; ``torch.multinomial``
-    returns (B, 1): ``.squeeze(-1)``.
+    Hint: the temperature acts on the logits, before the softmax; mind the shape
+    ``torch.multinomial`` returns.
     """
     probs = torch.softmax(logits / temperature, dim=-1)  # (B, V)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
@@ -175,7 +201,7 @@ def kv_cache_step(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     ``softmax(q @ k_all^T / sqrt(D)) @ v_all``. No mask is needed: the newest token may
     see every token, itself included.
 
-    Returns ``(out, k_all, v_all)``: ``out`` (B, H, 1, D); ``k_all``, ``v_all``
+    Returns a tuple of three tensors: ``out`` (B, H, 1, D), then ``k_all`` and ``v_all``
     (B, H, P + 1, D), the cache for the next step. ``out`` is exactly the last row of
     causal attention over the whole sequence of P + 1 tokens, computed with 1 query
     instead of P + 1: that is the KV cache's saving.
@@ -183,8 +209,8 @@ def kv_cache_step(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     Example: with gpt2's D = 64 and 7 tokens cached, ``k_cache`` (1, 12, 7, 64) and
     ``k_new`` (1, 12, 1, 64) give ``k_all`` (1, 12, 8, 64) and ``out`` (1, 12, 1, 64).
 
-    Hint: ``torch.cat([k_cache, k_new], dim=2)``; then chapter 02's attention
-    (``course_lib.layers.scaled_dot_product_attention(q, k_all, v_all)``, or by hand).
+    Hint: which axis is the token axis? After that it is chapter 02's attention
+    (``course_lib.layers.scaled_dot_product_attention`` is allowed, or write it by hand).
     """
     k_all = torch.cat([k_cache, k_new], dim=2)  # (B, H, P + 1, D)
     v_all = torch.cat([v_cache, v_new], dim=2)
@@ -208,8 +234,8 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
         result         = [[0, 0, 0, 1, 2],
                           [0, 1, 2, 3, 4]]
 
-    Hint: ``attention_mask.long().cumsum(-1)`` counts the real tokens up to and including
-    each position; subtract 1; the pads are then -1: ``.clamp(min=0)``.
+    Hint: a running count of the real tokens along each row is almost the answer; what
+    is it off by, and where?
     """
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
 
@@ -235,33 +261,59 @@ def decoder_attention_mask(attention_mask: torch.Tensor, new_tokens: int) -> tor
     The next step of generation (a cache of P = 4, one new token, mask ``[[0, 0, 1, 1, 1]]``)
     gives ``[[[[False, False, True, True, True]]]]``.
 
-    Hint: ``causal_mask(new_tokens, total)`` from above is (T, P + T);
-    ``(attention_mask != 0)[:, None, None, :]`` is (B, 1, 1, P + T); ``&`` broadcasts them.
+    Hint: your ``causal_mask`` above gives the causal part, (T, P + T); the padding part
+    depends only on the key. Give each part the axes it needs to broadcast, then combine.
     """
     total = attention_mask.size(-1)  # P + T
     causal = causal_mask(new_tokens, total)  # (T, P + T)
     return causal & (attention_mask != 0)[:, None, None, :]  # (B, 1, T, P + T)
 
 
-def greedy_generate(logits_fn: Callable[[torch.Tensor], torch.Tensor], input_ids: torch.Tensor,
-                    max_new_tokens: int) -> torch.Tensor:
-    """Greedy decoding, without a cache: append the most likely next token, ``max_new_tokens`` times.
+# ----------------------------------------------------------------------------- stretch exercises
 
-    ``logits_fn``: the model, a function from token ids (B, T) int64 to logits (B, T, V),
-    where ``logits[:, t]`` scores the token that follows position t. ``input_ids``:
-    (B, T0) int64, the prompts. At every step, call ``logits_fn`` on *all* the ids so far,
-    take the last position's logits, pick each row's highest-scoring token and append it
-    as a new column. Returns (B, T0 + max_new_tokens) int64: the prompts followed by the
-    new tokens (``max_new_tokens=0`` returns the prompts).
 
-    Example: a model that always scores token ``(last id + 1) % V`` highest, with
-    ``input_ids = [[5, 6]]`` and ``max_new_tokens=3``: ``[[5, 6, 7, 8, 9]]`` (for V > 9).
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Min-p filter: keep the tokens at least ``min_p`` times as probable as the row's most probable token.
 
-    Hint: ``logits_fn(ids)[:, -1]`` is (B, V); ``.argmax(dim=-1)`` is (B,);
-    ``torch.cat([ids, new[:, None]], dim=1)``.
+    ``logits``: (..., V) float (some may already be ``-inf``); ``min_p``: a float in [0, 1].
+    With probabilities p = softmax of each row, token v stays when ``p_v >= min_p * max_u p_u``
+    and is set to ``-inf`` otherwise. Returns a new tensor of the same shape, the kept
+    logits unchanged. ``min_p = 0`` keeps everything; ``min_p = 1`` keeps only the best
+    token (and any tied with it); the best token always stays.
+
+    Top-p cuts at a fixed amount of probability; min-p cuts relative to the best token, so
+    a confident model (one token near 1) keeps very few tokens, and an unsure one (a flat
+    distribution) keeps many (Nguyen et al. 2024; ``transformers``' ``min_p=``).
+
+    Example: probabilities ``[0.5, 0.3, 0.15, 0.05]``, ``min_p = 0.4``: the threshold is
+    0.4 x 0.5 = 0.2, so tokens 0 and 1 stay and tokens 2 and 3 become ``-inf``.
+
+    Hint: the threshold differs from row to row.
     """
-    ids = input_ids
-    for _ in range(max_new_tokens):
-        new = logits_fn(ids)[:, -1].argmax(dim=-1)  # (B,) the highest-scoring next token
-        ids = torch.cat([ids, new[:, None]], dim=1)  # (B, T + 1)
-    return ids
+    probs = logits.softmax(dim=-1)  # (..., V)
+    threshold = min_p * probs.amax(dim=-1, keepdim=True)  # (..., 1) each row's own cut
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+def apply_repetition_penalty(logits: torch.Tensor, input_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Make the tokens already in each sequence less likely: the repetition penalty of CTRL.
+
+    ``logits``: (B, V) float, the next token's scores for B sequences. ``input_ids``:
+    (B, T) int64, every token of each sequence so far (prompt included). ``penalty``: a
+    float > 0; 1 changes nothing, above 1 discourages repeats, below 1 encourages them.
+
+    For every token v that occurs in row b of ``input_ids`` (once or many times: the
+    penalty is applied once), the logit ``logits[b, v]`` is divided by ``penalty`` if it is
+    positive and multiplied by it if it is negative, so that a penalty above 1 always
+    makes the token less likely (0 stays 0). Tokens that do not occur in row b keep their
+    logit. Returns a new (B, V) tensor; the input is not changed. This is ``transformers``'
+    ``repetition_penalty=`` (``RepetitionPenaltyLogitsProcessor``).
+
+    Example: ``logits = [[2.0, -1.0, 0.5, -3.0, 1.0]]``, ``input_ids = [[1, 2, 2, 0]]``,
+    ``penalty = 2``: tokens 0, 1, 2 occur, so ``[[1.0, -2.0, 0.25, -3.0, 1.0]]``.
+
+    Hint: first find, per row, *which* tokens occur (a (B, V) bool), then penalize by sign.
+    """
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, input_ids, True)  # (B, V) once per token
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)  # (B, V) always less likely
+    return torch.where(seen, penalized, logits)

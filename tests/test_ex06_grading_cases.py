@@ -2,7 +2,9 @@
 
 Each wrong answer is a mistake a learner is likely to make, or a call of the answer key
 (``course_lib.generation``, ``course_lib.models.gpt2``, ``course_lib.layers.causal_mask``)
-that the checks switch off. Every one must be caught for several seeds: with a GradeError,
+that the checks switch off. The stretch exercises (``min_p_filter``,
+``apply_repetition_penalty``) also have ``transformers``' logits processors among their
+right answers, and their messages must name the mistake. Every one must be caught for several seeds: with a GradeError,
 or, for the few marked "(raises)", by an exception from the wrong answer itself (the grader
 reports those as "raised an error", 0 points). Some right answers written differently from
 the solution must pass.
@@ -303,7 +305,81 @@ EX06_WRONG_LOOP = {
     },
 }
 
-EX06_WRONG = {**EX06_WRONG_ATTENTION, **EX06_WRONG_SAMPLING, **EX06_WRONG_LOOP}
+# ----------------------------------------------------------------------------- stretch: min-p, repetition penalty
+
+def _min_p(threshold="scaled", op="<", fill=INF, space="probs", softmax_dim=-1, best="row", out="logits"):
+    def min_p_filter(logits, min_p):
+        probs = torch.softmax(logits, dim=softmax_dim)
+        scores = probs if space == "probs" else logits
+        top = {"row": scores.amax(dim=-1, keepdim=True), "global": scores.max(), "row-no-keepdim": None}[best]
+        if top is None:  # (...,) against (..., V): raises, or broadcasts wrongly when the sizes happen to fit
+            top = scores.amax(dim=-1)
+        limit = {"scaled": min_p * top, "absolute": torch.tensor(min_p)}[threshold]
+        drop = scores < limit if op == "<" else scores <= limit
+        if out == "probs":
+            return probs.masked_fill(drop, 0.0)
+        return logits.masked_fill(drop, fill)
+    return min_p_filter
+
+
+def _min_p_cumulative(logits, min_p):
+    """top-p under another name: cumulative probability, not each token's own."""
+    s, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(s, dim=-1)
+    drop = probs.cumsum(-1) - probs >= max(min_p, 1e-6)
+    return logits.masked_fill(drop.scatter(-1, order, drop), INF)
+
+
+def _rep(sign_rule="sign", once=True, rows="own", op="scale", inplace=False):
+    def apply_repetition_penalty(logits, input_ids, penalty):
+        out = logits if inplace else logits.clone()
+        for b in range(logits.size(0)):
+            history = input_ids.flatten() if rows == "all" else input_ids[b]
+            tokens = history.unique() if once else history
+            for v in tokens.tolist():
+                z = out[b, v]
+                if op == "subtract":
+                    out[b, v] = z - penalty
+                elif sign_rule == "divide all":
+                    out[b, v] = z / penalty
+                elif sign_rule == "inverted":
+                    out[b, v] = z / penalty if z < 0 else z * penalty
+                else:
+                    out[b, v] = z * penalty if z < 0 else z / penalty
+        return out
+    return apply_repetition_penalty
+
+
+EX06_WRONG_STRETCH = {
+    "min_p_filter": {
+        "threshold min_p itself, not min_p x p(best)": _min_p(threshold="absolute"),
+        "the best probability of the whole tensor, not of the row": _min_p(best="global"),
+        "logits compared with min_p x the best logit": _min_p(space="logits"),
+        "<= (a token at the threshold dropped, the best one with min_p = 1)": _min_p(op="<="),
+        "softmax over the first axis": _min_p(softmax_dim=0),
+        "dropped tokens set to 0, not -inf": _min_p(fill=0.0),
+        "dropped tokens set to -1e9, not -inf": _min_p(fill=-1e9),
+        "returns probabilities, not logits": _min_p(out="probs"),
+        "cumulative probability (top-p) instead": _min_p_cumulative,
+        "amax without keepdim: broadcasts wrongly (raises)": _min_p(best="row-no-keepdim"),
+        "answer key": lambda logits, m: __import__("course_lib.generation", fromlist=["x"]).min_p_filter(logits, m),
+    },
+    "apply_repetition_penalty": {
+        "negative logits divided too": _rep(sign_rule="divide all"),
+        "the rule inverted (rewards repeats)": _rep(sign_rule="inverted"),
+        "penalized once per occurrence": _rep(once=False),
+        "every row penalized for every row's tokens": _rep(rows="all"),
+        "penalty subtracted": _rep(op="subtract"),
+        "changes the logits in place": _rep(inplace=True),
+        "every logit penalized, seen or not": lambda logits, ids, pen: torch.where(logits < 0, logits * pen,
+                                                                                  logits / pen),
+        "only the last token penalized": lambda logits, ids, pen: _rep()(logits, ids[:, -1:], pen),
+        "answer key": lambda logits, ids, pen: __import__("course_lib.generation", fromlist=["x"])
+        .apply_repetition_penalty(logits, ids, pen),
+    },
+}
+
+EX06_WRONG = {**EX06_WRONG_ATTENTION, **EX06_WRONG_SAMPLING, **EX06_WRONG_LOOP, **EX06_WRONG_STRETCH}
 WRONG = [(name, label, fn) for name, cases in EX06_WRONG.items() for label, fn in cases.items()]
 
 
@@ -321,6 +397,24 @@ def _top_p_transformers(logits, p):
     remove = sorted_logits.softmax(-1).cumsum(-1) <= (1 - p)
     remove[..., -1:] = False
     return logits.masked_fill(remove.scatter(-1, order, remove), INF)
+
+
+def _min_p_log_space(logits, min_p):
+    """No softmax: p_v >= min_p * p_max  <=>  z_v >= z_max + ln(min_p)."""
+    best = logits.amax(dim=-1, keepdim=True)
+    return logits.masked_fill(logits < best + math.log(max(min_p, 1e-300)), INF) if min_p > 0 else logits.clone()
+
+
+def _min_p_transformers(logits, min_p):
+    tf = pytest.importorskip("transformers")
+    flat = logits.reshape(-1, logits.size(-1))
+    out = tf.generation.logits_process.MinPLogitsWarper(min_p)(None, flat.clone())
+    return out.reshape(logits.shape)
+
+
+def _repetition_transformers(logits, ids, penalty):
+    tf = pytest.importorskip("transformers")
+    return tf.RepetitionPenaltyLogitsProcessor(float(penalty))(ids, logits.clone())
 
 
 def _kv_step_torch(q, k_cache, v_cache, k_new, v_new):
@@ -343,6 +437,13 @@ RIGHT = {
     "position_ids_from_mask": {"(cumsum - 1) * mask": lambda m: (m.cumsum(-1) - 1) * m},
     "decoder_attention_mask": {"torch.tril with the offset, mask as bool": lambda m, t: torch.ones(
         t, m.size(1), dtype=torch.bool).tril(diagonal=m.size(1) - t) & m.bool()[:, None, None, :]},
+    "min_p_filter": {"in log space, without a softmax": _min_p_log_space,
+                     "transformers' MinPLogitsWarper": _min_p_transformers},
+    "apply_repetition_penalty": {"a loop over each row's distinct tokens": _rep(),
+                                 "transformers' RepetitionPenaltyLogitsProcessor": _repetition_transformers,
+                                 "multiply by 1 / penalty for positive logits": lambda logits, ids, pen: torch.where(
+                                     torch.zeros_like(logits, dtype=torch.bool).scatter(-1, ids, True),
+                                     torch.where(logits > 0, logits * (1 / pen), logits * pen), logits)},
 }
 
 
@@ -367,4 +468,33 @@ def test_answer_key_is_named_and_restored():
 
 
 def test_points_add_up():
-    assert sum(ex.points for ex in checks("ex06").values()) == 14
+    exercises = checks("ex06").values()
+    assert sum(ex.points for ex in exercises if not ex.stretch) == 14
+    assert {ex.function: ex.points for ex in exercises if ex.stretch} == {"min_p_filter": 3,
+                                                                          "apply_repetition_penalty": 3}
+
+
+@pytest.mark.parametrize("name", ["min_p_filter", "apply_repetition_penalty"])
+def test_stretch_messages_name_the_mistake(name):
+    """The wrong-answer message says which mistake it was, not only that numbers differ."""
+    expected = {
+        "min_p_filter": {"threshold min_p itself, not min_p x p(best)": "min_p itself",
+                         "the best probability of the whole tensor, not of the row": "whole tensor",
+                         "logits compared with min_p x the best logit": "compared logits",
+                         "<= (a token at the threshold dropped, the best one with min_p = 1)": "most probable token",
+                         "dropped tokens set to 0, not -inf": "float('-inf')",
+                         "returns probabilities, not logits": "not probabilities",
+                         "cumulative probability (top-p) instead": "top-p"},
+        "apply_repetition_penalty": {"negative logits divided too": "multiply negative",
+                                     "the rule inverted (rewards repeats)": "wrong way",
+                                     "penalized once per occurrence": "once per token",
+                                     "every row penalized for every row's tokens": "its own ids",
+                                     "penalty subtracted": "subtracted",
+                                     "changes the logits in place": "in place",
+                                     "every logit penalized, seen or not": "does not occur"},
+    }[name]
+    for label, words in expected.items():
+        for seed in SEEDS:
+            with pytest.raises(GradeError) as info:
+                checks("ex06")[name].grade(EX06_WRONG[name][label], np.random.default_rng(seed))
+            assert words in str(info.value), (label, str(info.value))

@@ -2,8 +2,10 @@
 
 Properties that must hold whatever the weights: causality, the KV cache giving the same
 logits and tokens as recomputing, a left-padded batch generating what each prompt
-generates alone, seeds, temperature, top-k/top-p restricting what can be drawn, stopping at
-the end token, and clear errors.
+generates alone, seeds, temperature, top-k/top-p/min-p restricting what can be drawn, the
+repetition penalty, stopping at the end token, and clear errors. The min-p filter and the
+repetition penalty (chapter 06's stretch exercises) are also compared with ``transformers``'
+logits processors, a test-only oracle.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import torch
 
 from course_lib import generation, layers
 from course_lib.fused import fuse
-from course_lib.generation import KVCache, LayerKVCache, next_token, top_k_filter, top_p_filter
+from course_lib.generation import (KVCache, LayerKVCache, apply_repetition_penalty, min_p_filter, next_token,
+                                   top_k_filter, top_p_filter)
 from course_lib.models import model_class
 from course_lib.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model, gpt2_attention_mask, gpt2_position_ids
 from helpers import randomize_
@@ -189,6 +192,7 @@ def test_is_sampling_rules():
     assert not generation.is_sampling()
     assert generation.is_sampling(seed=0) and generation.is_sampling(temperature=0.7)
     assert generation.is_sampling(top_k=5) and generation.is_sampling(top_p=0.9)
+    assert generation.is_sampling(min_p=0.1) and not generation.is_sampling(temperature=0, min_p=0.1)
     assert not generation.is_sampling(temperature=0, top_k=5)
     with pytest.raises(ValueError, match="temperature"):
         generation.is_sampling(temperature=-1)
@@ -229,6 +233,127 @@ def test_temperature_sharpens_and_flattens():
     for t in share:
         assert abs(share[t] - expected[t]) < 0.02, (t, share[t], expected[t])
     assert share[0.5] > share[1.0] > share[2.0]
+
+
+# ---------------------------------------------------------------------------- min-p and the repetition penalty
+
+def random_logits(seed: int, shape=(4, 50), scale: float = 3.0, dropped: float = 0.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(*shape, generator=g) * scale
+    if dropped:
+        mask = torch.rand(*shape, generator=g) < dropped
+        mask[..., 0] = False  # never a whole row
+        logits = logits.masked_fill(mask, float("-inf"))
+    return logits
+
+
+def test_min_p_keeps_tokens_relative_to_the_best():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = lambda m: (~torch.isinf(min_p_filter(probs.log(), m))).int().tolist()[0]  # noqa: E731
+    assert kept(0.0) == [1, 1, 1, 1]
+    assert kept(0.4) == [1, 1, 0, 0]  # threshold 0.2
+    assert kept(0.6) == [1, 1, 0, 0]  # threshold 0.3: a token at the threshold stays
+    assert kept(0.61) == [1, 0, 0, 0]
+    assert kept(1.0) == [1, 0, 0, 0]  # the best token always stays
+    ties = torch.tensor([[2.0, 2.0, 1.0]])
+    assert (~torch.isinf(min_p_filter(ties, 1.0))).tolist() == [[True, True, False]]
+    flat, sure = torch.zeros(1, 10), torch.tensor([[8.0] + [0.0] * 9])  # unsure keeps all, sure keeps one
+    assert not torch.isinf(min_p_filter(flat, 0.5)).any() and int((~torch.isinf(min_p_filter(sure, 0.5))).sum()) == 1
+    logits = random_logits(0, (2, 3, 20))
+    before = logits.clone()
+    out = min_p_filter(logits, 0.2)
+    assert torch.equal(logits, before) and torch.equal(out[~torch.isinf(out)], logits[~torch.isinf(out)])
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="min_p"):
+            min_p_filter(logits, bad)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_min_p_equals_transformers_min_p_warper(seed):
+    tf = pytest.importorskip("transformers")
+    from transformers.generation.logits_process import MinPLogitsWarper
+
+    for min_p in (0.0, 0.05, 0.3, 0.9, 1.0):
+        logits = random_logits(seed, (6, 300), scale=[1.0, 3.0][seed % 2], dropped=0.3 if seed >= 3 else 0.0)
+        expected = MinPLogitsWarper(min_p)(None, logits.clone())
+        assert torch.equal(min_p_filter(logits, min_p), expected), (min_p, tf.__version__)
+
+
+def test_repetition_penalty_divides_positive_multiplies_negative_once_per_token():
+    logits = torch.tensor([[2.0, -1.0, 0.5, -3.0, 1.0, 0.0], [2.0, -1.0, 0.5, -3.0, 1.0, 0.0]])
+    ids = torch.tensor([[1, 2, 2, 2, 0, 5], [3, 3, 3, 3, 3, 3]])
+    out = apply_repetition_penalty(logits, ids, 2.0)
+    assert out.tolist() == [[1.0, -2.0, 0.25, -3.0, 1.0, 0.0], [2.0, -1.0, 0.5, -6.0, 1.0, 0.0]]
+    assert logits[0, 0] == 2.0  # the input is unchanged
+    reward = apply_repetition_penalty(logits, ids, 0.5)  # below 1: repeats become more likely
+    assert reward[1, 3] == -1.5 and reward[0, 2] == 1.0
+    assert torch.equal(apply_repetition_penalty(logits, ids, 1.0), logits)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        apply_repetition_penalty(logits, ids, 0.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_repetition_penalty_equals_transformers_processor(seed):
+    pytest.importorskip("transformers")
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    g = torch.Generator().manual_seed(100 + seed)
+    logits = random_logits(seed, (5, 80))
+    ids = torch.randint(0, 20, (5, 30), generator=g)  # 20 distinct tokens at most: many repeats
+    for penalty in (1.3, 2.0, 0.7):
+        expected = RepetitionPenaltyLogitsProcessor(penalty)(ids, logits.clone())
+        assert torch.equal(apply_repetition_penalty(logits, ids, penalty), expected), penalty
+
+
+def test_min_p_restricts_what_is_drawn(model):
+    logits = torch.tensor([[3.0, 2.5, 0.0, -1.0]]).expand(3000, -1)
+    draws = next_token(logits, min_p=0.5, generator=torch.Generator().manual_seed(0))  # keeps tokens 0 and 1
+    assert set(draws.tolist()) == {0, 1}
+    ids = prompt(4, seed=6)
+    a = model.generate(ids, 20, min_p=0.2, seed=1, eos_token_id=[])
+    assert torch.equal(a, model.generate(ids, 20, min_p=0.2, seed=1, eos_token_id=[]))
+    assert torch.equal(model.generate(ids, 20, min_p=1.0, seed=5, eos_token_id=[]),  # only the best: greedy
+                       model.generate(ids, 20, eos_token_id=[]))
+
+
+def test_repetition_penalty_in_generation(model):
+    ids = prompt(6, seed=7)
+    greedy = model.generate(ids, 25, eos_token_id=[])
+    assert torch.equal(model.generate(ids, 25, eos_token_id=[], repetition_penalty=1.0), greedy)
+    strong = model.generate(ids, 25, eos_token_id=[], repetition_penalty=1e6)  # a seen token never comes back
+    new = strong[0, 6:].tolist()
+    assert len(set(new)) == len(new) and not set(new) & set(ids[0].tolist())
+    for use_cache in (True, False):  # the penalty reads the ids, not the cache
+        assert torch.equal(model.generate(ids, 25, eos_token_id=[], repetition_penalty=1.5, use_cache=use_cache),
+                           model.generate(ids, 25, eos_token_id=[], repetition_penalty=1.5))
+    lengths = (6, 3)  # pads are not part of the text: a padded row generates what it generates alone
+    T = max(lengths)
+    batch_ids = torch.full((2, T), 5, dtype=torch.long)  # pad with token 5 ...
+    mask = torch.zeros_like(batch_ids)
+    for row, n in enumerate(lengths):
+        batch_ids[row, T - n:] = prompt(n, seed=20 + row)[0]
+        mask[row, T - n:] = 1
+    batch = model.generate(batch_ids, 15, attention_mask=mask, eos_token_id=[], repetition_penalty=1e6)
+    for row, n in enumerate(lengths):
+        alone = model.generate(batch_ids[row:row + 1, T - n:], 15, eos_token_id=[], repetition_penalty=1e6)
+        assert torch.equal(batch[row, T - n:], alone[0]), row
+
+
+def test_repetition_penalty_generates_what_transformers_generates():
+    tf = pytest.importorskip("transformers")
+    from course_lib import load_model
+    from course_lib.assets import asset_path
+
+    ours = load_model("tiny-gpt2")
+    theirs = tf.GPT2LMHeadModel.from_pretrained(asset_path("tiny-gpt2")).eval()
+    ids = torch.tensor([[464, 329, 2643, 318]]) % ours.config.vocab_size
+    greedy = ours.generate(ids, 30, eos_token_id=[])
+    for penalty in (1.3, 2.0):
+        assert not torch.equal(ours.generate(ids, 30, eos_token_id=[], repetition_penalty=penalty), greedy)
+        with torch.no_grad():
+            expected = theirs.generate(ids, max_new_tokens=30, min_new_tokens=30, do_sample=False,
+                                       repetition_penalty=penalty, pad_token_id=ours.config.eos_token_id)
+        assert torch.equal(ours.generate(ids, 30, eos_token_id=[], repetition_penalty=penalty), expected), penalty
 
 
 def test_conv1d_weights_load_transposed_contiguous_in_any_dtype():

@@ -258,10 +258,11 @@ class GPT2LMHeadModel(CourseModel):
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  eos_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
-                 use_cache: bool = True, stream=None) -> torch.Tensor:
+                 use_cache: bool = True, stream=None, *, min_p: float | None = None,
+                 repetition_penalty: float | None = None) -> torch.Tensor:
         """(B, T) prompt ids -> (B, T + new) ids; see ``course_lib.generation.generate_ids``."""
         from course_lib.generation import generate_ids
 
         return generate_ids(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=seed, eos_token_id=eos_token_id, attention_mask=attention_mask,
-                            use_cache=use_cache, stream=stream)
+                            use_cache=use_cache, stream=stream, min_p=min_p, repetition_penalty=repetition_penalty)
