@@ -27,10 +27,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import pickle
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -215,13 +217,67 @@ _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.
                        "U8": torch.uint8, "BOOL": torch.bool}
 
 
+def read_safetensors_header(data: bytes) -> dict[str, tuple[str, list[int], tuple[int, int]]]:
+    """A safetensors file's table of contents: ``{name: (dtype, shape, (start, end))}``.
+
+    ``data``: the file's bytes (or just its first ``8 + N``). The format: 8 bytes holding N,
+    the header's length, as an unsigned little-endian integer; N bytes of UTF-8 JSON (padded
+    with spaces); then the tensors' raw bytes. Each tensor's ``data_offsets`` [start, end)
+    count from the end of the header, byte ``8 + N`` of the file. ``"__metadata__"`` holds
+    free-form strings, not a tensor, and is left out. Reading this runs no code.
+    """
+    length = int.from_bytes(data[:8], "little")  # u64, little-endian
+    header = json.loads(data[8:8 + length])
+    return {name: (entry["dtype"], list(entry["shape"]), tuple(entry["data_offsets"]))
+            for name, entry in header.items() if name != "__metadata__"}
+
+
+def tensor_nbytes(shape, dtype: str) -> int:
+    """Bytes a tensor of ``shape`` takes in safetensors dtype ``dtype`` ("F32", "BF16", "I64", "BOOL" ...).
+
+    The number of elements (``math.prod``: 1 for a scalar, 0 when any dimension is 0) times
+    the bytes of one element. ``end - start`` of a tensor's ``data_offsets`` is exactly this.
+    """
+    if dtype not in _SAFETENSORS_DTYPES:
+        raise ValueError(f"unknown safetensors dtype {dtype!r}; known: {', '.join(_SAFETENSORS_DTYPES)}")
+    return math.prod(shape) * _SAFETENSORS_DTYPES[dtype].itemsize
+
+
+def read_safetensors_tensor(data: bytes, name: str) -> torch.Tensor:
+    """Tensor ``name`` of a safetensors file, decoded from the file's bytes, in the dtype it is stored in.
+
+    The header gives its dtype, shape and byte range; the range counts from the end of the
+    header; the bytes are the elements in row-major (C) order, little-endian, as the format
+    requires, and bfloat16 is the top half of a float32's bits. ``safe_open`` does the same
+    through a memory map instead of a copy.
+    """
+    header = read_safetensors_header(data)
+    if name not in header:
+        raise KeyError(f"no tensor {name!r} in this file; it holds {', '.join(sorted(header)[:10])}")
+    dtype, shape, (start, end) = header[name]
+    if dtype not in _SAFETENSORS_DTYPES:
+        raise ValueError(f"{name!r} has dtype {dtype!r}, which this reader does not know")
+    first = 8 + int.from_bytes(data[:8], "little") + start  # offsets count from the end of the header
+    if end - start != tensor_nbytes(shape, dtype) or first + (end - start) > len(data):
+        raise CorruptCheckpointError(f"tensor {name!r}: bytes {start}..{end} after the header do not hold a "
+                                     f"{dtype} tensor of shape {shape} in a file of {len(data)} bytes")
+    torch_dtype = _SAFETENSORS_DTYPES[dtype]
+    raw = bytearray(data[first:first + (end - start)])  # a writable copy: torch.frombuffer shares its memory
+    values = torch.frombuffer(raw, dtype=torch_dtype) if raw else torch.empty(0, dtype=torch_dtype)  # (numel,)
+    if sys.byteorder == "big" and values.element_size() > 1:  # the file is little-endian: swap each element's bytes
+        same_size_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}[values.element_size()]
+        values = torch.from_numpy(values.view(same_size_int).numpy().byteswap()).view(torch_dtype)
+    return values.reshape(shape)
+
+
 def _safetensors_byte_ranges(path: Path) -> dict[str, tuple[int, torch.dtype]]:
     """{key: (offset of its first byte in the file, dtype)} from a safetensors header (8-byte length, JSON)."""
     with open(path, "rb") as f:
-        length = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(length))
-    return {key: (8 + length + entry["data_offsets"][0], _SAFETENSORS_DTYPES.get(entry["dtype"], torch.uint8))
-            for key, entry in header.items() if key != "__metadata__"}
+        start = f.read(8)
+        length = int.from_bytes(start, "little")
+        header = read_safetensors_header(start + f.read(length))
+    return {key: (8 + length + offsets[0], _SAFETENSORS_DTYPES.get(dtype, torch.uint8))
+            for key, (dtype, _, offsets) in header.items()}
 
 
 def _lfs_hint(path: Path) -> str:
@@ -540,6 +596,82 @@ def save_checkpoint(model: nn.Module, folder: str | os.PathLike) -> Path:
     return folder
 
 
+def tensor_identity(tensor: torch.Tensor) -> tuple:
+    """What makes two entries of a state dict the *same* tensor, not just equal values: the same
+    memory (storage), the same first element in it, the same shape and the same strides.
+
+    ``state_dict()`` returns a new Python object for each entry (``id()`` differs even for a
+    tied weight), and a slice, a row or a transpose shares memory without being the same tensor.
+    """
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+
+
+def tied_groups(state_dict: dict[str, torch.Tensor]) -> list[list[str]]:
+    """The keys of ``state_dict`` that are one tensor under several names (tied weights), in groups.
+
+    Each group (two keys or more) sorted, the groups sorted; tensors with no elements are
+    never tied (they hold no memory to share). A saver keeps one key per group: safetensors
+    refuses to store shared memory twice.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for key, tensor in state_dict.items():
+        if tensor.numel():
+            groups.setdefault(tensor_identity(tensor), []).append(key)
+    return sorted(sorted(keys) for keys in groups.values() if len(keys) > 1)
+
+
+# save_pretrained's max_shard_size units: powers of 1000, as disk sizes (huggingface_hub's parse_size_to_int)
+SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def _size_in_bytes(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    text = size.strip()
+    unit = text[-2:].upper()
+    if unit not in SIZE_UNITS:
+        raise ValueError(f"max_shard_size={size!r}: give a number of bytes or a size ending in "
+                         f"{', '.join(SIZE_UNITS)} (e.g. '5GB')")
+    return int(float(text[:-2]) * SIZE_UNITS[unit])
+
+
+def shard_index(state_dict: dict[str, torch.Tensor], max_shard_size: int | str = "5GB") -> dict:
+    """The ``model.safetensors.index.json`` that ``save_pretrained(max_shard_size=...)`` writes.
+
+    Tensors are taken in the state dict's order and packed greedily: a tensor that would take
+    the current shard over ``max_shard_size`` (bytes, or "200MB", "5GB": powers of 1000)
+    starts a new shard; a tensor bigger than the limit gets a shard of its own at once, so it
+    comes before the shard still being filled. Shards are numbered in the order they are
+    finished and named ``model-00001-of-00003.safetensors`` ...; a single shard is just
+    ``model.safetensors`` (and then no index file is written). Every tensor is assumed to own
+    its memory (tied copies are dropped before saving). Returns ``{"metadata": {"total_size":
+    bytes of all tensors}, "weight_map": {key: file name}}``, the plan of huggingface_hub's
+    ``split_torch_state_dict_into_shards`` (``transformers`` adds ``total_parameters`` to the
+    metadata it writes).
+    """
+    limit = _size_in_bytes(max_shard_size)
+    shards: list[list[str]] = []
+    current: list[str] = []
+    current_size = total = 0
+    for key, tensor in state_dict.items():
+        size = tensor.nbytes
+        total += size
+        if size > limit:  # too big for any shard: alone, and the shard being filled stays open
+            shards.append([key])
+            continue
+        if current_size + size > limit:
+            shards.append(current)
+            current, current_size = [], 0
+        current.append(key)
+        current_size += size
+    if current:
+        shards.append(current)
+    names = [SAFETENSORS_NAME] if len(shards) == 1 else \
+        [f"model-{number:05d}-of-{len(shards):05d}.safetensors" for number in range(1, len(shards) + 1)]
+    return {"metadata": {"total_size": total},
+            "weight_map": {key: name for name, keys in zip(names, shards) for key in keys}}
+
+
 def checkpoint_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors a checkpoint of ``model`` holds, on the CPU, in the file's layout: tied copies
     left out (saved once, under their source's key) and Conv1D weights transposed back to (in, out)."""
@@ -589,7 +721,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
             if is_ignored_buffer(new):
                 dropped.append(f"{key} (buffer)")
                 continue
-            storage = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+            storage = tensor_identity(tensor)
             if storage in seen and tensor.numel():
                 dropped.append(f"{key} (same tensor as {seen[storage]})")
                 continue

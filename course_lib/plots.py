@@ -296,3 +296,201 @@ def plot_quality_vs_bits(bits: dict[str, float], quality: dict[str, dict[str, fl
         ax.set_xlabel("bits per weight (stored)")
         ax.set_title(measure, fontsize=10)
     fig.tight_layout()
+
+
+# --- chapter 06
+
+
+def plot_masks(masks: dict, xlabel: str = "key (position)", ylabel: str = "query (position)"):
+    """Chapter 06: attention masks side by side, one panel per ``{title: bool (T_query, T_key)}``;
+    green = may attend. The queries are the *last* T_query tokens, so row i is labelled with its
+    absolute position i + T_key - T_query (a KV cache's new tokens come after the cached ones).
+    Returns nothing."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    panels = {title: np.asarray(m, dtype=bool) for title, m in masks.items()}
+    widths = [max(m.shape[1], 2) for m in panels.values()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(0.42 * sum(widths) + 1.2 * len(panels), 2.9),
+                             gridspec_kw={"width_ratios": widths})
+    for ax, (title, m) in zip(np.atleast_1d(axes), panels.items()):
+        t_query, t_key = m.shape
+        ax.imshow(m, cmap=ListedColormap(["#e6e6e6", "tab:green"]), vmin=0, vmax=1)
+        ax.set_xticks(range(t_key))
+        ax.set_yticks(range(t_query), [str(i + t_key - t_query) for i in range(t_query)])
+        ax.set_xticks(np.arange(-0.5, t_key), minor=True)
+        ax.set_yticks(np.arange(-0.5, t_query), minor=True)
+        ax.grid(which="minor", color="white", linewidth=1.5)
+        ax.tick_params(which="both", length=0, labelsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+    fig.tight_layout()
+
+
+def plot_fused_qkv(n_embd: int, n_head: int):
+    """Chapter 06: the last axis of GPT-2's fused projection ``c_attn`` (3C features): the C
+    query features, then the C key features, then the C value features, each cut into H heads of
+    D = C / H features. Returns nothing."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    d = n_embd // n_head
+    colors = {"q": "tab:blue", "k": "tab:orange", "v": "tab:green"}
+    fig, ax = plt.subplots(figsize=(9, 1.9))
+    for part, name in enumerate("qkv"):
+        for h in range(n_head):
+            start = part * n_embd + h * d
+            shade = 0.35 + 0.5 * h / max(n_head - 1, 1)
+            ax.add_patch(Rectangle((start, 0), d, 1, facecolor=colors[name], alpha=shade, edgecolor="white",
+                                   linewidth=2))
+            ax.text(start + d / 2, 0.5, f"{name} head {h}", ha="center", va="center", fontsize=8)
+        ax.annotate("", xy=(part * n_embd, -0.25), xytext=((part + 1) * n_embd, -0.25),
+                    arrowprops={"arrowstyle": "<->", "color": colors[name]})
+        label = f"{name}: features {part * n_embd}..{(part + 1) * n_embd - 1} (C = {n_embd})"
+        ax.text((part + 0.5) * n_embd, -0.55, label, ha="center", va="center", fontsize=8, color=colors[name])
+    ax.set_xlim(0, 3 * n_embd)
+    ax.set_ylim(-0.8, 1.1)
+    ax.set_xticks([0, n_embd, 2 * n_embd, 3 * n_embd])
+    ax.set_yticks([])
+    ax.set_title(f"c_attn's output, last axis: 3C = {3 * n_embd} features, H = {n_head} heads of D = {d}", fontsize=9)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout()
+
+
+# --- chapter 07
+
+
+def plot_quantization_levels(w, schemes: Sequence[str], qmax: int = 7):
+    """Chapter 07: where each weight of one group lands, one panel per scheme: the levels as grey
+    lines, each weight (a dot, above) joined to the level it becomes (a cross, below), the clipped
+    ones in red. ``w``: 1-D, an even number of values. ``schemes``: ``"absmax"`` (levels
+    -qmax..qmax times max|w| / qmax), ``"clip R"`` (the same with the scale R max|w| / qmax: the
+    weights beyond the last level are clipped) and ``"zero point"`` (16 levels spanning
+    [min(w, 0), max(w, 0)]). The levels come from ``course_lib.quantization``. Returns nothing."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from course_lib import quantization as Q
+
+    w = torch.as_tensor(w, dtype=torch.float32).reshape(-1)
+    fig, axes = plt.subplots(len(schemes), 1, figsize=(9, 1.5 * len(schemes) + 0.3), sharex=True, squeeze=False)
+    for ax, scheme in zip(axes[:, 0], schemes):
+        if scheme == "zero point":
+            q, scale, zero = Q.quantize_int4(w[None], group_size=w.numel(), zero_point=True)
+            levels = (torch.arange(16) - zero.float()) * scale.float()
+            w_hat = Q.dequantize_int4(q, scale, zero)[0]
+        else:
+            ratio = float(scheme.split()[1]) if scheme.startswith("clip") else 1.0
+            scale = Q.absmax_scale(w * ratio, qmax)
+            levels = torch.arange(-qmax, qmax + 1) * scale.float()
+            w_hat = Q.quantize_absmax(w, scale, qmax).float() * scale.float()
+        step = float(scale.float().reshape(-1)[0])
+        clipped = (w - w_hat).abs() > step / 2 * (1 + 1e-3)
+        for level in levels.reshape(-1).tolist():
+            ax.axvline(level, color="0.85", lw=1, zorder=0)
+        for a, b, c in zip(w.tolist(), w_hat.tolist(), clipped.tolist()):
+            ax.plot([a, b], [0.75, 0.25], color="tab:red" if c else "tab:blue", lw=0.8, alpha=0.7)
+        ax.scatter(w, torch.full_like(w, 0.75), s=14, color=np.where(clipped.numpy(), "tab:red", "tab:blue"),
+                   zorder=3)
+        ax.scatter(w_hat, torch.full_like(w, 0.25), marker="x", s=22, color="black", zorder=3)
+        ax.set_ylim(0, 1)
+        ax.set_yticks([0.25, 0.75], ["level", "w"], fontsize=8)
+        err = float((w - w_hat).abs().max())
+        text = f"{scheme}: {levels.numel()} levels, step {step:.3g}, max |w - ŵ| {err:.3g}"
+        ax.set_title(text + (f", {int(clipped.sum())} clipped" if bool(clipped.any()) else ""), fontsize=9)
+        for side in ("left", "right", "top"):
+            ax.spines[side].set_visible(False)
+    axes[-1, 0].set_xlabel("value")
+    fig.tight_layout()
+
+
+def plot_clip_errors(ratios: Sequence[float], errors: dict[str, Sequence[float]]):
+    """Chapter 07: the squared error of a few groups against the clipping ratio (scale = ratio
+    max|group| / 7), each curve relative to its own ratio-1 error, its minimum marked. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    r = np.asarray(ratios, dtype=float)
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for name, e in errors.items():
+        e = np.asarray(e, dtype=float)
+        rel = e / e[np.argmax(r)]  # 1 at ratio 1 (plain absmax)
+        line, = ax.plot(r, rel, "o-", ms=3, label=name)
+        best = int(np.argmin(e))
+        ax.plot(r[best], rel[best], "*", ms=12, color=line.get_color())
+    ax.axhline(1.0, color="0.7", lw=0.8, ls="--")
+    ax.set_xlabel("clipping ratio (1 = plain absmax)")
+    ax.set_ylabel("squared error / absmax's")
+    ax.invert_xaxis()
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+
+
+# --- chapter 02
+
+def plot_normalisation(before, after, labels: Sequence[str] | None = None, title_after: str = "after LayerNorm"):
+    """Chapter 02: a few token vectors (rows of ``before``, (tokens, features)) feature by feature, before and
+    after a normalisation (``after``, same shape): each token's mean and spread are marked. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    before, after = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    labels = list(labels) if labels is not None else [f"token {i}" for i in range(len(before))]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    features = np.arange(before.shape[1])
+    for ax, values, title in zip(axes, (before, after), ("before", title_after)):
+        for i, (row, label) in enumerate(zip(values, labels)):
+            color = f"C{i}"
+            mean = round(float(row.mean()), 1) + 0.0  # + 0.0: no "-0.0"
+            ax.plot(features, row, "o-", color=color, ms=3, lw=1, label=f"{label}: mean {mean:+.1f}, std {row.std():.1f}")
+            ax.axhline(row.mean(), color=color, lw=0.8, ls="--")
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("feature")
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+
+
+
+# --- chapter 05
+
+def plot_safetensors_layout(data: bytes, zoom_bytes: int | None = None):
+    """Chapter 05: a safetensors file (``data``, its bytes) as a strip of bytes. Top: the whole
+    file, each tensor's byte range a block, the largest one named. Bottom: the file's first
+    ``zoom_bytes`` bytes, where the 8-byte length and the JSON header sit (too thin to see at
+    the top). Returns nothing."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    from course_lib.checkpoint import read_safetensors_header
+
+    ranges = sorted((start, end, name) for name, (_, _, (start, end)) in read_safetensors_header(data).items())
+    size = len(data)
+    data_start = size - max((end for _, end, _ in ranges), default=0)  # the tensors fill the file's end
+    header_length = data_start - 8
+    zoom = zoom_bytes or min(size, 3 * data_start)
+    fig, axes = plt.subplots(2, 1, figsize=(10, 3.0), gridspec_kw={"hspace": 1.0})
+    for ax, right in zip(axes, (size, zoom)):
+        ax.broken_barh([(0, 8)], (0, 1), color="tab:red")
+        ax.broken_barh([(8, header_length)], (0, 1), color="tab:orange")
+        for i, (start, end, _) in enumerate(ranges):
+            ax.broken_barh([(data_start + start, end - start)], (0, 1), color=plt.cm.Blues(0.35 + 0.45 * (i % 2)))
+        ax.set_xlim(0, right)
+        ax.set_ylim(0, 1)
+        ax.set_yticks([])
+        ax.tick_params(labelsize=7)
+    axes[0].xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g} MB"))
+    if ranges:
+        start, end, name = max(ranges, key=lambda r: r[1] - r[0])
+        axes[0].text(data_start + (start + end) / 2, 0.5, f"{name}\n{end - start:,} bytes", ha="center",
+                     va="center", fontsize=7, color="white")
+    axes[0].set_title(f"the whole file: {size:,} bytes, {len(ranges)} tensors (blue, alternating shades)",
+                      fontsize=9, loc="left")
+    axes[1].set_title(f"its first {zoom:,} bytes: the length N (red, 8 bytes, little-endian), the JSON header "
+                      f"(orange), the first tensors", fontsize=9, loc="left", pad=16)
+    axes[1].text(8 + header_length / 2, 0.5, f"JSON header: N = {header_length:,} bytes", ha="center",
+                 va="center", fontsize=8)
+    axes[1].axvline(data_start, color="black", lw=1.5)
+    axes[1].text(data_start, 1.04, f" byte 8 + N = {data_start:,}: data_offsets count from here", ha="left",
+                 va="bottom", fontsize=7)
+    axes[1].set_xlabel("byte offset in the file", fontsize=8)

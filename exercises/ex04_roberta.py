@@ -7,10 +7,15 @@ sentence. Shapes: B batch, T tokens, C hidden size, H heads, D = C / H head size
 I = intermediate (feed-forward) size.
 
 You may use any ``torch`` operation (``torch.softmax``, ``torch.nn.functional.gelu`` and
-``layer_norm`` included: chapter 02 was the place to write those by hand) and the functions
-of ``course_lib.layers``. Not ``course_lib.models.encoder``: it is the answer key, and the
-grader switches it off while your code runs. The functions later in this file can call
-the ones you wrote earlier (``self_attention`` can use ``attention_probs``, ...).
+``layer_norm`` included: chapter 02 was the place to write those by hand), and this file may
+import chapter 02's layers, ``course_lib.layers`` (``split_heads``, ``merge_heads``,
+``layer_norm``, ``gelu``, ``softmax`` ...): the grader allows that one module. Not
+``course_lib.models.encoder`` or any other ``course_lib`` module: they are the answer key,
+and a file that imports them scores 0. The functions later in this file can call the ones
+you wrote earlier (``self_attention`` can use ``attention_probs``, ...).
+
+The last two functions are **stretch exercises**: they go past what the notebook shows (an
+encoder layer in pre-LN order, and the masked-LM head's top-k guesses with its tied decoder).
 
 Write the body of each function below, replacing ``raise NotImplementedError``. Then grade:
 
@@ -23,6 +28,7 @@ Write the body of each function below, replacing ``raise NotImplementedError``. 
 The checks use random weights and inputs of random sizes (and one real layer of
 all-MiniLM-L6-v2) and compare with ``course_lib.models.encoder``, which is itself tested
 against ``transformers``, to within float32 rounding (1e-5, or 1e-4 relative to large values).
+When a check fails, the notebook's ``check()`` shows a hint; run it again for the next one.
 """
 
 from __future__ import annotations
@@ -48,9 +54,8 @@ def roberta_position_ids(input_ids: torch.Tensor, padding_idx: int) -> torch.Ten
         result    = [[2, 3, 4, 5, 1, 1],
                      [1, 1, 2, 3, 4, 5]]
 
-    Hint: ``is_token = (input_ids != padding_idx).long()``; ``torch.cumsum(is_token, dim=1)``
-    counts the real tokens up to and including each position; multiply by ``is_token`` so
-    that pads get 0, then add ``padding_idx``.
+    Hint: a running count of the real tokens along each row gives 1, 2, 3, ... for them; the
+    pads must not take part in it, and must end up at ``padding_idx`` whatever the count says.
     """
     raise NotImplementedError
 
@@ -70,8 +75,7 @@ def extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) ->
     Example: ``extended_attention_mask(torch.tensor([[1, 1, 0]]), torch.float32)`` has shape
     (1, 1, 1, 3) and values ``[[[[0.0, 0.0, -3.4028e+38]]]]``.
 
-    Hint: ``torch.zeros(B, 1, 1, T, dtype=dtype)``, then ``.masked_fill(...)`` where the
-    mask, reshaped with ``[:, None, None, :]``, is 0.
+    Hint: start from a tensor that lets everything through, and overwrite the padded places.
     """
     raise NotImplementedError
 
@@ -90,8 +94,8 @@ def attention_probs(query: torch.Tensor, key: torch.Tensor, num_heads: int,
     Example: all-MiniLM-L6-v2 has C = 384 and H = 12, so D = 32 and the scores are divided
     by ``sqrt(32)``, not ``sqrt(384)``.
 
-    Hint: split heads as in chapter 02: ``.view(B, T, H, D).transpose(1, 2)``; then
-    ``q @ k.transpose(-2, -1) / math.sqrt(D)``, add the mask, ``torch.softmax(..., dim=-1)``.
+    Hint: split the heads as in chapter 02 (``course_lib.layers.split_heads`` is allowed here);
+    the mask is added to the scores, before the softmax.
     """
     raise NotImplementedError
 
@@ -113,9 +117,9 @@ def self_attention(hidden_states: torch.Tensor, weights: dict[str, torch.Tensor]
     (2, 7, 384). Padded positions get an output too (their queries still see the real
     tokens); later steps ignore them.
 
-    Hint: ``attention_probs(q, k, num_heads, extended_attention_mask(...))`` from above; split
-    ``v`` the same way; ``probs @ v`` is (B, H, T, D); merge with ``.transpose(1, 2)`` then
-    ``.reshape(B, T, C)``.
+    Hint: your ``attention_probs`` and ``extended_attention_mask`` do the middle part; the
+    values are split into heads like the queries, and merged back as chapter 02's
+    ``merge_heads`` does (``course_lib.layers`` is allowed here).
     """
     raise NotImplementedError
 
@@ -135,8 +139,9 @@ def feed_forward(hidden_states: torch.Tensor, weights: dict[str, torch.Tensor], 
 
     Example: all-MiniLM-L6-v2 has C = 384, I = 1536 and eps = 1e-12.
 
-    Hint: ``torch.nn.functional.gelu(h)`` is the exact GELU (its default);
-    ``torch.nn.functional.layer_norm(y, (C,), weight, bias, eps)`` the LayerNorm.
+    Hint: ``torch.nn.functional.gelu`` is the exact GELU by default, and
+    ``torch.nn.functional.layer_norm`` takes the normalised shape, weight, bias and eps
+    (or use ``course_lib.layers.gelu`` and ``layer_norm``, chapter 02's).
     """
     raise NotImplementedError
 
@@ -161,8 +166,8 @@ def encoder_layer(hidden_states: torch.Tensor, weights: dict[str, torch.Tensor],
 
     Example: stacking 6 such layers with all-MiniLM-L6-v2's weights is the whole encoder.
 
-    Hint: pick a sub-dict by prefix:
-    ``{k.removeprefix("attention.self."): v for k, v in weights.items() if k.startswith("attention.self.")}``.
+    Hint: ``self_attention`` expects the six ``attention.self.`` tensors under their short
+    names, so build that smaller dict first.
     """
     raise NotImplementedError
 
@@ -179,7 +184,80 @@ def mean_pooling(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> t
     Example: ``hidden_states = [[[1., 2.], [3., 4.], [100., 100.]]]``,
     ``attention_mask = [[1, 1, 0]]`` -> ``[[2., 3.]]`` (the pad's 100s are left out).
 
-    Hint: ``m = attention_mask.unsqueeze(-1).to(hidden_states.dtype)`` is (B, T, 1); then
-    ``(hidden_states * m).sum(1) / m.sum(1).clamp(min=1e-9)``.
+    Hint: the mask, given a last dimension of size 1, broadcasts against the hidden states.
+    """
+    raise NotImplementedError
+
+
+
+def pre_ln_encoder_layer(hidden_states: torch.Tensor, weights: dict[str, torch.Tensor], num_heads: int, eps: float,
+                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Stretch: one encoder layer in **pre-LN** order, from a roberta-prelayernorm checkpoint.
+
+    BERT and RoBERTa are *post-LN*: each block adds its sublayer's output to its input and
+    normalises the sum. Most models since GPT-2 are *pre-LN*: each block normalises its
+    sublayer's *input* and adds the sublayer's output to the un-normalised stream, which
+    trains more stably in deep stacks. ``transformers``' ``RobertaPreLayerNorm`` is a RoBERTa
+    built that way::
+
+        a   = x + AttentionOutput(SelfAttention(LN_attention(x)))
+        out = a + Output(Intermediate(LN_intermediate(a)))
+
+    where ``AttentionOutput`` is ``attention.output.dense``, ``Intermediate`` is
+    ``intermediate.dense`` then the exact GELU, ``Output`` is ``output.dense``. There is no
+    LayerNorm after the sums: the output keeps the scale of the residual stream (a pre-LN
+    model normalises once more after its last layer).
+
+    ``hidden_states``: (B, T, C); ``attention_mask``: ``None`` or (B, T), 1 = token, 0 = pad.
+    ``weights``: the layer's 16 tensors as a roberta-prelayernorm checkpoint names them,
+    ``encoder.layer.N.`` removed:
+
+    - ``attention.LayerNorm.{weight,bias}`` (C,) — normalises the attention block's input;
+    - ``attention.self.{query,key,value}.{weight,bias}`` — as for ``self_attention``;
+    - ``attention.output.dense.{weight,bias}`` (C, C), (C,);
+    - ``intermediate.LayerNorm.{weight,bias}`` (C,) — normalises the feed-forward block's input;
+    - ``intermediate.dense.{weight,bias}`` (I, C), (I,); ``output.dense.{weight,bias}`` (C, I), (C,).
+
+    Both LayerNorms use ``eps``. Returns (B, T, C).
+
+    Example: for an input ``x`` of standard deviation 4, a post-LN layer (``encoder_layer``)
+    returns values of standard deviation about 1, set by its last LayerNorm; this layer's
+    output keeps the scale of ``x`` (a standard deviation of 4 or more).
+
+    Hint: two residual sums, each around "normalise, then the sublayer"; the residual adds
+    the sublayer's output to what came *into* the block, not to its normalised copy.
+    """
+    raise NotImplementedError
+
+
+def fill_mask_top_k(hidden_states: torch.Tensor, input_ids: torch.Tensor, weights: dict[str, torch.Tensor],
+                    mask_token_id: int, eps: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stretch: RoBERTa's ``k`` best guesses for every ``<mask>`` token, with probabilities.
+
+    ``hidden_states``: (B, T, C), the encoder's output for ``input_ids`` (B, T) int64.
+    ``weights``: tensors of a roberta-base-style checkpoint (other keys may be present too):
+
+    - ``lm_head.dense.{weight,bias}`` (C, C), (C,); ``lm_head.layer_norm.{weight,bias}`` (C,);
+    - ``lm_head.bias`` (V,): one bias per vocabulary entry;
+    - ``roberta.embeddings.word_embeddings.weight`` (V, C).
+
+    There is no ``lm_head.decoder.weight``: the decoder is **tied** to the word embeddings
+    (the same matrix scores a vector against every word), so the file stores it once.
+    RoBERTa's head is ``decoder(layer_norm(gelu(dense(h)))) + bias`` with the exact GELU and
+    the LayerNorm's ``eps``; a softmax over the vocabulary turns the scores into
+    probabilities.
+
+    Returns ``(probabilities, token_ids)``, both (M, k), for the M positions where
+    ``input_ids == mask_token_id``, in reading order (row 0 left to right, then row 1 ...);
+    each row highest probability first; token ids as int64. Only the masked positions need
+    the head (for roberta-base, V = 50,265: scoring every position would be T times the work).
+    With no ``<mask>`` at all, M = 0.
+
+    Example: ``input_ids`` (2, 6) with ``<mask>`` at (row 0, position 1), (0, 3) and (1, 0)
+    gives M = 3: row 0 of the results holds the guesses for (0, 1), row 1 for (0, 3), row 2
+    for (1, 0); with ``k=5`` both results are (3, 5).
+
+    Hint: select the masked rows first, then the head; ``torch.topk`` gives the k largest
+    values along a dimension, sorted, and where they are.
     """
     raise NotImplementedError

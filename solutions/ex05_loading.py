@@ -6,30 +6,87 @@ the model's (old ``gamma``/``beta`` names, a ``bert.``/``roberta.`` prefix, buff
 not parameters), report every missing, unexpected and wrongly shaped key at once, and
 notice tensors that are stored twice under two names (tied weights).
 
-Plain Python plus ``json`` and ``torch``. Not ``course_lib.checkpoint``: it is the answer
-key, and the grader switches its functions off while your code runs. Functions later in
-this file may call the ones you wrote earlier (``normalize_keys`` can use
-``rename_legacy_key``).
+Plain Python plus ``json``, ``math``, ``struct`` and ``torch``. Not ``course_lib.checkpoint``
+(or any other ``course_lib`` module): it is the answer key, and a file that imports it
+scores 0. The readers of the ``safetensors`` library (``safe_open``, ``load``, ...) and
+``huggingface_hub``'s shard planner are switched off while your code runs: here you write
+them. Functions later in this file may call the ones you wrote earlier (``normalize_keys``
+can use ``rename_legacy_key``, ``read_safetensors_tensor`` your header reader).
+
+The last two functions are **stretch exercises**: they go past what the notebook shows
+(planning a sharded checkpoint's files and index, and decoding a tensor from raw bytes).
 
 Write the body of each function below, replacing ``raise NotImplementedError``. Then grade:
 
-* in the notebook ``notebooks/05_loading.ipynb``: ``check("ex05.rename_legacy_key")`` (one
-  cell per exercise) — grading runs in a fresh process, so save this file and run the cell
+* in the notebook ``notebooks/05_loading.ipynb``: ``check("ex05.read_safetensors_header")``
+  (one cell per exercise) — grading runs in a fresh process, so save this file and run the cell
   again;
 * in a terminal: ``python -m course_lib.grade ex05`` (all) or ``python -m course_lib.grade
   ex05.read_safetensors_header`` (one).
 
 The checks use random key names, random shapes and dtypes, files written by the
 ``safetensors`` library (and all-MiniLM-L6-v2's real ``model.safetensors``), and compare
-with ``course_lib.checkpoint``, ``torch`` and ``safetensors`` themselves.
+with ``course_lib.checkpoint``, ``torch`` and ``safetensors`` themselves. When a check
+fails, the notebook's ``check()`` shows a hint; run it again for the next one.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import struct  # noqa: F401 - one way to read the header's length
 
 import torch
+
+
+def read_safetensors_header(data: bytes) -> dict[str, tuple[str, list[int], tuple[int, int]]]:
+    """Parse the table of contents of a ``.safetensors`` file.
+
+    ``data``: the whole file's bytes. The format::
+
+        bytes 0 .. 7       N, the header's length: an unsigned 64-bit LITTLE-endian integer
+        bytes 8 .. 8+N     the header: UTF-8 JSON (maybe padded with spaces at its end), e.g.
+                           {"__metadata__": {"format": "pt"},
+                            "b": {"dtype": "I64", "shape": [2], "data_offsets": [0, 16]},
+                            "w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [16, 40]}}
+        bytes 8+N ..       the tensors' raw bytes; data_offsets [start, end) count from
+                           here (from byte 8 + N of the file), not from the file's start
+
+    ``"__metadata__"`` (optional) holds free-form strings, not a tensor: leave it out.
+    Returns ``{name: (dtype, shape, (start, end))}`` with the dtype string as in the file
+    (``"F32"``, ``"BF16"``, ``"I64"`` ...), the shape as a list of ints and the offsets as a
+    pair of ints. For the example: ``{"b": ("I64", [2], (0, 16)), "w": ("F32", [2, 3], (16, 40))}``.
+
+    This is all a loader needs to find one tensor without reading the others (which is how
+    ``safe_open`` memory-maps a file), and reading it runs no code, unlike a pickle.
+
+    Hint: ``int.from_bytes`` (or ``struct.unpack``) reads an integer from bytes in the byte
+    order you name; ``json.loads`` accepts bytes.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    return {name: (entry["dtype"], list(entry["shape"]), tuple(entry["data_offsets"]))
+            for name, entry in header.items() if name != "__metadata__"}
+
+
+def tensor_nbytes(shape: list[int], dtype: str) -> int:
+    """How many bytes a tensor of ``shape`` and safetensors ``dtype`` takes on disk (and in memory).
+
+    ``dtype`` is one of ``"F64"``, ``"F32"``, ``"F16"``, ``"BF16"``, ``"I64"``, ``"I32"``,
+    ``"I16"``, ``"I8"``, ``"U8"``, ``"BOOL"``: the letter says float / signed int / unsigned
+    int, the number the bits per element; ``BOOL`` takes one byte per element.
+    ``shape`` is a list of ints; ``[]`` is a scalar (one element); a 0 anywhere means no
+    elements at all.
+
+    Examples: ``tensor_nbytes([30522, 384], "F32") == 46_881_792`` (all-MiniLM-L6-v2's word
+    embeddings: 44.7 MiB); ``tensor_nbytes([30522, 384], "BF16") == 23_440_896``;
+    ``tensor_nbytes([], "I64") == 8``.
+    In a file, ``end - start`` of every tensor's ``data_offsets`` is exactly this.
+
+    Hint: ``math.prod`` multiplies the numbers of a list (and gives 1 for an empty one).
+    """
+    size = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+    return math.prod(shape) * size[dtype]
 
 
 def rename_legacy_key(key: str) -> str:
@@ -77,7 +134,7 @@ def normalize_keys(keys: list[str], prefix: str) -> dict[str, str]:
             "cls.predictions.bias": "cls.predictions.bias",
             "bertology.weight": "bertology.weight"}
 
-    Hint: ``key.startswith(prefix + ".")`` then ``key[len(prefix) + 1:]``. Beware
+    Hint: look for the prefix *with its dot*, at the start only, and slice it off. Beware
     ``str.lstrip("bert.")``: it strips *characters* from a set, not a prefix; and
     ``str.replace`` also hits the middle of a key.
     """
@@ -91,89 +148,6 @@ def normalize_keys(keys: list[str], prefix: str) -> dict[str, str]:
             new = new[len(prefix) + 1:]
         result[key] = new
     return result
-
-
-def state_dict_diff(model_shapes: dict[str, tuple[int, ...]],
-                    checkpoint_shapes: dict[str, tuple[int, ...]]) -> dict[str, list]:
-    """The report strict loading makes: every problem at once, not just the first one.
-
-    ``model_shapes``: ``{parameter name: shape}`` of the model; ``checkpoint_shapes``:
-    ``{key: shape}`` of the checkpoint, keys already normalized (``normalize_keys``).
-    Returns a dict with three lists, each sorted by key:
-
-    - ``"missing"``: keys the model has and the checkpoint lacks (they would stay random);
-    - ``"unexpected"``: keys the checkpoint has and the model lacks;
-    - ``"mismatched"``: ``(key, model_shape, checkpoint_shape)`` for keys in both whose
-      shapes differ (shapes as tuples). Same number of elements is not enough:
-      (768, 3072) and (3072, 768) differ.
-
-    Example::
-
-        state_dict_diff({"a.weight": (4, 2), "b.weight": (3,), "c.bias": (2,)},
-                        {"a.weight": (2, 4), "c.bias": (2,), "d.bias": (5,)})
-        == {"missing": ["b.weight"], "unexpected": ["d.bias"],
-            "mismatched": [("a.weight", (4, 2), (2, 4))]}
-
-    Hint: set operations on the keys (``model_shapes.keys() - checkpoint_shapes.keys()``),
-    then ``sorted(...)``; ``tuple(shape)`` for the comparison.
-    """
-    model_keys, checkpoint_keys = set(model_shapes), set(checkpoint_shapes)
-    return {
-        "missing": sorted(model_keys - checkpoint_keys),
-        "unexpected": sorted(checkpoint_keys - model_keys),
-        "mismatched": [(key, tuple(model_shapes[key]), tuple(checkpoint_shapes[key]))
-                       for key in sorted(model_keys & checkpoint_keys)
-                       if tuple(model_shapes[key]) != tuple(checkpoint_shapes[key])],
-    }
-
-
-def read_safetensors_header(data: bytes) -> dict[str, tuple[str, list[int], tuple[int, int]]]:
-    """Parse the table of contents of a ``.safetensors`` file.
-
-    ``data``: the whole file's bytes. The format::
-
-        bytes 0 .. 7       N, the header's length: an unsigned 64-bit LITTLE-endian integer
-        bytes 8 .. 8+N     the header: UTF-8 JSON (maybe padded with spaces at its end), e.g.
-                           {"__metadata__": {"format": "pt"},
-                            "b": {"dtype": "I64", "shape": [2], "data_offsets": [0, 16]},
-                            "w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [16, 40]}}
-        bytes 8+N ..       the tensors' raw bytes; data_offsets [start, end) count from
-                           here (from byte 8 + N of the file), not from the file's start
-
-    ``"__metadata__"`` (optional) holds free-form strings, not a tensor: leave it out.
-    Returns ``{name: (dtype, shape, (start, end))}`` with the dtype string as in the file
-    (``"F32"``, ``"BF16"``, ``"I64"`` ...), the shape as a list of ints and the offsets as a
-    pair of ints. For the example: ``{"b": ("I64", [2], (0, 16)), "w": ("F32", [2, 3], (16, 40))}``.
-
-    This is all a loader needs to find one tensor without reading the others (which is how
-    ``safe_open`` memory-maps a file), and reading it runs no code, unlike a pickle.
-
-    Hint: ``n = int.from_bytes(data[:8], "little")``; ``json.loads(data[8:8 + n])``.
-    """
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    return {name: (entry["dtype"], list(entry["shape"]), tuple(entry["data_offsets"]))
-            for name, entry in header.items() if name != "__metadata__"}
-
-
-def tensor_nbytes(shape: list[int], dtype: str) -> int:
-    """How many bytes a tensor of ``shape`` and safetensors ``dtype`` takes on disk (and in memory).
-
-    ``dtype`` is one of ``"F64"``, ``"F32"``, ``"F16"``, ``"BF16"``, ``"I64"``, ``"I32"``,
-    ``"I16"``, ``"I8"``, ``"U8"``, ``"BOOL"``: the letter says float / signed int / unsigned
-    int, the number the bits per element; ``BOOL`` takes one byte per element.
-    ``shape`` is a list of ints; ``[]`` is a scalar (one element); a 0 anywhere means no
-    elements at all.
-
-    Examples: ``tensor_nbytes([30522, 384], "F32") == 46_881_792`` (all-MiniLM-L6-v2's word
-    embeddings: 44.7 MiB); ``tensor_nbytes([30522, 384], "BF16") == 23_440_896``;
-    ``tensor_nbytes([], "I64") == 8``.
-    In a file, ``end - start`` of every tensor's ``data_offsets`` is exactly this.
-
-    Hint: ``math.prod(shape)`` elements (``math.prod([]) == 1``) times the bytes per element.
-    """
-    size = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-    return math.prod(shape) * size[dtype]
 
 
 def tied_groups(state_dict: dict[str, torch.Tensor]) -> list[list[str]]:
@@ -197,8 +171,8 @@ def tied_groups(state_dict: dict[str, torch.Tensor]) -> list[list[str]]:
     the result is ``[["dec", "emb"]]`` (``w.detach()`` is a new Python object over the same
     memory, exactly what ``state_dict()`` returns).
 
-    Hint: group keys in a dict whose key is the tuple ``(storage pointer, offset,
-    tuple(shape), stride)``; ``id(t)`` does not work (see the example).
+    Hint: one pass over the state dict, collecting keys in a dict indexed by *how the tensor
+    sits in memory*; ``id(t)`` does not work (see the example).
     """
     groups: dict[tuple, list[str]] = {}
     for key, t in state_dict.items():
@@ -207,3 +181,143 @@ def tied_groups(state_dict: dict[str, torch.Tensor]) -> list[list[str]]:
         where = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
         groups.setdefault(where, []).append(key)
     return sorted(sorted(keys) for keys in groups.values() if len(keys) > 1)
+
+
+def state_dict_diff(model_shapes: dict[str, tuple[int, ...]],
+                    checkpoint_shapes: dict[str, tuple[int, ...]]) -> dict[str, list]:
+    """The report strict loading makes: every problem at once, not just the first one.
+
+    ``model_shapes``: ``{parameter name: shape}`` of the model; ``checkpoint_shapes``:
+    ``{key: shape}`` of the checkpoint, keys already normalized (``normalize_keys``).
+    Returns a dict with three lists, each sorted by key:
+
+    - ``"missing"``: keys the model has and the checkpoint lacks (they would stay random);
+    - ``"unexpected"``: keys the checkpoint has and the model lacks;
+    - ``"mismatched"``: ``(key, model_shape, checkpoint_shape)`` for keys in both whose
+      shapes differ (shapes as tuples). Same number of elements is not enough:
+      (768, 3072) and (3072, 768) differ.
+
+    Example::
+
+        state_dict_diff({"a.weight": (4, 2), "b.weight": (3,), "c.bias": (2,)},
+                        {"a.weight": (2, 4), "c.bias": (2,), "d.bias": (5,)})
+        == {"missing": ["b.weight"], "unexpected": ["d.bias"],
+            "mismatched": [("a.weight", (4, 2), (2, 4))]}
+
+    Hint: Python's sets do differences and intersections; a shape may come as a list or a
+    ``torch.Size``, so compare tuples.
+    """
+    model_keys, checkpoint_keys = set(model_shapes), set(checkpoint_shapes)
+    return {
+        "missing": sorted(model_keys - checkpoint_keys),
+        "unexpected": sorted(checkpoint_keys - model_keys),
+        "mismatched": [(key, tuple(model_shapes[key]), tuple(checkpoint_shapes[key]))
+                       for key in sorted(model_keys & checkpoint_keys)
+                       if tuple(model_shapes[key]) != tuple(checkpoint_shapes[key])],
+    }
+
+
+
+def shard_index(state_dict: dict[str, torch.Tensor], max_shard_size: int | str) -> dict:
+    """Stretch: plan a sharded checkpoint the way ``save_pretrained(max_shard_size=...)`` does.
+
+    Big models are saved in several files (shards) of at most ``max_shard_size`` bytes each,
+    plus ``model.safetensors.index.json``, whose ``weight_map`` tells a loader which file
+    holds which tensor. Return that index's content::
+
+        {"metadata": {"total_size": <bytes of all the tensors>},
+         "weight_map": {tensor name: file name, ...}}
+
+    (``transformers`` also writes ``"total_parameters"`` into the metadata; leave it out.)
+
+    ``state_dict``: ``{name: tensor}``; every tensor owns its memory (tied copies were
+    dropped first) and takes ``tensor.nbytes`` bytes. ``max_shard_size``: an int (bytes) or a
+    string like ``"5GB"``, ``"200MB"``, ``"1.5KB"``: a number and one of the units KB, MB, GB,
+    TB (upper or lower case), which are powers of **1000**, as for disks (``"2KB"`` is 2000).
+
+    The rules (``huggingface_hub.split_torch_state_dict_into_shards``, which ``transformers``
+    calls), in the state dict's order, with no reordering to fill shards better:
+
+    1. a tensor bigger than the limit becomes a finished shard of its own, right away; the
+       shard being filled stays open, and the next tensors go on into it;
+    2. otherwise, when adding the tensor would make the current shard *bigger* than the limit
+       (exactly the limit is fine), the current shard is finished and a new one started;
+    3. the tensor joins the current shard; at the end, the current shard (if not empty) is
+       the last one.
+
+    With N shards, the i-th one finished (counting from 1) is named
+    ``f"model-{i:05d}-of-{N:05d}.safetensors"``; a single shard is named
+    ``"model.safetensors"`` (and then ``save_pretrained`` writes no index at all).
+
+    Example with float32 tensors ``a`` (100 elements: 400 bytes), ``b`` (50: 200 bytes),
+    ``c`` (300: 1200 bytes), ``d`` (100: 400 bytes) and ``max_shard_size="0.6KB"`` (600 bytes):
+    ``a`` and ``b`` fill the current shard to exactly 600; ``c`` is too big for any shard and
+    is finished first, on its own, so it is number 1; ``d`` does not fit beside ``a`` and
+    ``b``, which finishes their shard (number 2); ``d`` is in the last one::
+
+        {"metadata": {"total_size": 2200},
+         "weight_map": {"c": "model-00001-of-00003.safetensors", "a": "model-00002-of-00003.safetensors",
+                        "b": "model-00002-of-00003.safetensors", "d": "model-00003-of-00003.safetensors"}}
+
+    Hint: keep a list of finished shards (each a list of names) and the one being filled
+    with its size so far; name the files at the end, once you know how many there are.
+    """
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+    if isinstance(max_shard_size, str):
+        text = max_shard_size.strip()
+        max_shard_size = int(float(text[:-2]) * units[text[-2:].upper()])
+    shards, current, current_size, total = [], [], 0, 0
+    for name, tensor in state_dict.items():
+        size = tensor.nbytes
+        total += size
+        if size > max_shard_size:
+            shards.append([name])
+            continue
+        if current_size + size > max_shard_size:
+            shards.append(current)
+            current, current_size = [], 0
+        current.append(name)
+        current_size += size
+    if current:
+        shards.append(current)
+    if len(shards) == 1:
+        files = ["model.safetensors"]
+    else:
+        files = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    weight_map = {name: file for file, names in zip(files, shards) for name in names}
+    return {"metadata": {"total_size": total}, "weight_map": weight_map}
+
+
+def read_safetensors_tensor(data: bytes, name: str) -> torch.Tensor:
+    """Stretch: decode tensor ``name`` from a safetensors file's bytes, in the dtype it is stored in.
+
+    ``data``: the whole file (the format is in ``read_safetensors_header``'s docstring).
+    The tensor's bytes are its elements one after the other in row-major (C) order, each
+    **little-endian**, from byte ``8 + N + start`` to ``8 + N + end`` of the file (N the
+    header's length). The dtype names map to torch's:
+
+    ``F64`` float64, ``F32`` float32, ``F16`` float16, ``BF16`` bfloat16, ``I64`` int64,
+    ``I32`` int32, ``I16`` int16, ``I8`` int8, ``U8`` uint8, ``BOOL`` bool (one byte each).
+
+    bfloat16 is the top 16 bits of a float32 (8 exponent bits, 7 mantissa bits), *not*
+    float16 (5 and 10): the same two bytes mean different numbers. numpy has no bfloat16;
+    torch has. Returns a tensor of the stored dtype and shape: a scalar for shape ``[]``,
+    an empty tensor when a dimension is 0. It may be a copy (``safe_open`` maps the file
+    instead, which is what makes loading a 500 MB model take milliseconds).
+
+    Example: a file saved from ``{"w": torch.tensor([[1.0, 2.0]], dtype=torch.bfloat16)}``
+    stores ``w``'s 4 bytes ``80 3f 00 40`` (1.0 is 0x3f80, little-endian), and
+    ``read_safetensors_tensor(data, "w")`` returns ``tensor([[1., 2.]], dtype=torch.bfloat16)``.
+
+    Hint: your header reader gives the dtype, shape and offsets; ``torch.frombuffer`` makes a
+    1-D tensor of any torch dtype from a buffer of bytes.
+    """
+    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+    dtype, shape, (start, end) = read_safetensors_header(data)[name]
+    first = 8 + int.from_bytes(data[:8], "little")  # the data section starts after the header
+    if tensor_nbytes(shape, dtype) == 0:
+        return torch.empty(shape, dtype=dtypes[dtype])
+    flat = torch.frombuffer(bytearray(data[first + start:first + end]), dtype=dtypes[dtype])
+    return flat.reshape(shape)

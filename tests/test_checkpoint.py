@@ -456,3 +456,160 @@ def test_an_interrupted_save_leaves_the_previous_file_intact(tmp_path, monkeypat
     assert after == before  # same files (no temporary left behind), same bytes
     monkeypatch.undo()
     assert load_model(tmp_path).load_report.ok
+
+
+# ------------------------------------------------------------------- chapter 05's exercise references:
+# the safetensors format by hand, tied groups, shard plans (safetensors, huggingface_hub and
+# transformers are the oracles)
+
+ALL_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def every_dtype(seed: int = 0) -> dict[str, torch.Tensor]:
+    """One tensor per safetensors dtype, plus a scalar and an empty tensor."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for i, (name, dtype) in enumerate(ALL_DTYPES.items()):
+        shape = (3, i % 4 + 1)
+        if dtype == torch.bool:
+            tensors[name] = torch.rand(shape, generator=g) < 0.5
+        elif dtype.is_floating_point:
+            tensors[name] = (torch.randn(shape, generator=g) * 100).to(dtype)
+        else:
+            tensors[name] = torch.randint(0 if dtype == torch.uint8 else -100, 100, shape, generator=g).to(dtype)
+    tensors["scalar"] = torch.tensor(-2.5, dtype=torch.bfloat16)
+    tensors["empty"] = torch.empty(0, 4)
+    return tensors
+
+
+@pytest.mark.parametrize("metadata", [None, {"format": "pt", "note": "x"}])
+def test_read_safetensors_header_matches_safetensors(tmp_path, metadata):
+    from safetensors import safe_open
+    from safetensors.torch import save, save_file
+
+    tensors = every_dtype()
+    data = save(tensors, metadata=metadata)
+    toc = ckpt.read_safetensors_header(data)
+    assert "__metadata__" not in toc and set(toc) == set(tensors)
+    save_file(tensors, tmp_path / "t.safetensors", metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    with safe_open(tmp_path / "t.safetensors", framework="pt") as f:
+        for name, (dtype, shape, (start, end)) in toc.items():
+            assert (dtype, shape) == (f.get_slice(name).get_dtype(), list(f.get_slice(name).get_shape()))
+            assert isinstance(start, int) and end - start == tensors[name].nbytes
+            raw = tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if tensors[name].numel() \
+                else b""
+            assert data[8 + n + start:8 + n + end] == raw  # offsets count from the end of the header
+    assert toc == ckpt.read_safetensors_header(data[:8 + n])  # the header alone is enough
+
+
+def test_tensor_nbytes_is_torchs_nbytes():
+    for name, dtype in ALL_DTYPES.items():
+        for shape in ([], [0], [3, 0, 2], [7], [30522, 384], [2, 3, 4]):
+            assert ckpt.tensor_nbytes(shape, name) == torch.empty(shape, dtype=dtype, device="meta").nbytes
+    assert ckpt.tensor_nbytes([30522, 384], "BF16") == 23_440_896
+    with pytest.raises(ValueError, match="F8"):
+        ckpt.tensor_nbytes([2], "F8")
+
+
+def test_read_safetensors_tensor_matches_safetensors():
+    from safetensors.torch import load, save
+
+    tensors = every_dtype(seed=3)
+    data = save(tensors)
+    loaded = load(data)
+    for name, expected in loaded.items():
+        got = ckpt.read_safetensors_tensor(data, name)
+        assert got.dtype == expected.dtype and got.shape == expected.shape and torch.equal(got, expected), name
+    assert ckpt.read_safetensors_tensor(data, "scalar").shape == ()
+    with pytest.raises(KeyError, match="nothing"):
+        ckpt.read_safetensors_tensor(data, "nothing")
+    with pytest.raises(ckpt.CorruptCheckpointError, match="F32"):  # a truncated file
+        ckpt.read_safetensors_tensor(save({"w": torch.ones(4)})[:-1], "w")
+
+
+def test_read_safetensors_tensor_of_a_real_file():
+    from course_lib.assets import asset_path
+
+    path = asset_path("all-MiniLM-L6-v2") / "model.safetensors"
+    data = path.read_bytes()
+    with CheckpointReader([path]) as reader:
+        for name in ("embeddings.position_ids", "encoder.layer.5.output.LayerNorm.bias", "pooler.dense.weight"):
+            got = ckpt.read_safetensors_tensor(data, name)
+            assert got.dtype == reader.dtype(name) and torch.equal(got, reader.get(name))
+
+
+def test_read_safetensors_tensor_swaps_bytes_on_a_big_endian_machine(monkeypatch):
+    from safetensors.torch import save
+
+    data = save({"w": torch.tensor([1.0, -2.0], dtype=torch.bfloat16), "i": torch.tensor([1, 256], dtype=torch.int16),
+                 "b": torch.tensor([True, False])})
+    monkeypatch.setattr(ckpt.sys, "byteorder", "big")  # on this (little-endian) machine: the bytes come out swapped
+    assert ckpt.read_safetensors_tensor(data, "i").tolist() == [256, 1]
+    swapped = torch.from_numpy(torch.tensor([1.0, -2.0], dtype=torch.bfloat16).view(torch.int16).numpy().byteswap())
+    assert torch.equal(ckpt.read_safetensors_tensor(data, "w").view(torch.int16), swapped)
+    assert ckpt.read_safetensors_tensor(data, "b").tolist() == [True, False]  # one byte: nothing to swap
+
+
+def test_tied_groups_finds_one_tensor_under_two_names():
+    for cls, model_type in ((BertForMaskedLM, "bert"), (RobertaForMaskedLM, "roberta")):
+        model = tiny(cls, model_type)
+        assert ckpt.tied_groups(model.state_dict()) == [sorted(next(iter(model.tied_weights.items())))]
+    w = torch.randn(4, 4)
+    state = {"w": w, "detached": w.detach(), "view": w.view(4, 4), "row": w[0], "slice": w[1:], "t": w.t(),
+             "copy": w.clone(), "equal": torch.zeros(3), "zeros": torch.zeros(3), "e1": torch.empty(0, 4),
+             "e2": torch.empty(0, 4)}
+    assert ckpt.tied_groups(state) == [["detached", "view", "w"]]
+    assert ckpt.tensor_identity(w) == ckpt.tensor_identity(w.detach()) != ckpt.tensor_identity(w.t())
+
+
+def _hub_index(state, max_shard_size):
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
+                                               max_shard_size=max_shard_size)
+    return {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_shard_index_is_huggingface_hubs_plan(seed):
+    g = torch.Generator().manual_seed(seed)
+    dtypes = [torch.float32, torch.float16, torch.int8, torch.int64]
+    for case in range(40):
+        n = int(torch.randint(1, 12, (), generator=g))
+        state = {f"layer.{i}.weight": torch.zeros(int(torch.randint(1, 300, (), generator=g)),
+                                                  dtype=dtypes[int(torch.randint(0, 4, (), generator=g))])
+                 for i in range(n)}
+        limit = [int(torch.randint(1, 1500, (), generator=g)), "1KB", "0.5kb", "1.5KB", "2KB"][case % 5]
+        assert ckpt.shard_index(state, limit) == _hub_index(state, limit), (state, limit)
+
+
+def test_shard_index_example_and_edge_cases():
+    state = {"a": torch.zeros(100), "b": torch.zeros(50), "c": torch.zeros(300), "d": torch.zeros(100)}
+    index = ckpt.shard_index(state, "0.6KB")
+    assert index == {"metadata": {"total_size": 2200},
+                     "weight_map": {"c": "model-00001-of-00003.safetensors", "a": "model-00002-of-00003.safetensors",
+                                    "b": "model-00002-of-00003.safetensors", "d": "model-00003-of-00003.safetensors"}}
+    assert index == _hub_index(state, "0.6KB")
+    assert set(ckpt.shard_index(state, 10**6)["weight_map"].values()) == {"model.safetensors"}
+    assert ckpt.shard_index(state, 600) == index  # an exact fit is not over the limit
+    with pytest.raises(ValueError, match="GiB"):
+        ckpt.shard_index(state, "1GiB")
+
+
+def test_shard_index_is_what_transformers_save_pretrained_writes(tmp_path):
+    tf = pytest.importorskip("transformers")
+    config = tf.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = tf.BertModel(config)
+    model.save_pretrained(tmp_path, max_shard_size="30KB")
+    written = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert len(set(written["weight_map"].values())) > 2  # really sharded
+    ours = ckpt.shard_index(model.state_dict(), "30KB")
+    assert ours["weight_map"] == written["weight_map"]
+    assert ours["metadata"]["total_size"] == written["metadata"]["total_size"]
+    with CheckpointReader.from_folder(tmp_path) as reader:  # and the course's loader reads the shards
+        assert sorted(reader.keys()) == sorted(ours["weight_map"])

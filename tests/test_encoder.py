@@ -308,3 +308,100 @@ def test_mean_pooling_ignores_padding():
     scrambled = hidden.clone()
     scrambled[1, 2:] = 1e3  # whatever sits at the padding
     close(E.mean_pooling(scrambled, mask), pooled, atol=0)
+
+
+# --------------------------------------------------------------------------------------
+# transformers' additive mask and attention weights (chapter 04's exercise references)
+
+def _transformers_additive_mask(mask, dtype):
+    """transformers' (B, 1, 1, T) additive mask; its helper is deprecated, so its formula when it is gone."""
+    import warnings
+
+    try:
+        from transformers.modeling_attn_mask_utils import _prepare_4d_attention_mask
+    except ImportError:  # the formula of BertModel.get_extended_attention_mask
+        return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return _prepare_4d_attention_mask(mask, dtype, tgt_len=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_extended_attention_mask_matches_transformers(tf, dtype):
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    ours = E.extended_attention_mask(mask, dtype)
+    assert ours.dtype == dtype and ours.shape == (3, 1, 1, 5)
+    assert torch.equal(ours, _transformers_additive_mask(mask, dtype))
+    assert ours[0, 0, 0].tolist() == [0.0, 0.0, 0.0, torch.finfo(dtype).min, torch.finfo(dtype).min]
+
+
+def test_attention_probs_are_transformers_attention_weights(tf):
+    m = tf.models.bert.modeling_bert
+    ours, theirs = twins(E.SelfAttention, m.BertSelfAttention, hf_config(tf))
+    x = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(11))
+    mask, additive = masks()
+    with torch.no_grad():
+        _, weights_ref = theirs(x, attention_mask=additive)
+        probs = E.attention_probs(ours.query(x), ours.key(x), 4, E.extended_attention_mask(mask, torch.float32))
+        close(probs, weights_ref)
+        _, weights = ours(x, padding_mask(mask), return_weights=True)  # the boolean mask: the same weights
+        close(probs, weights, atol=1e-6)
+        unmasked = E.attention_probs(ours.query(x), ours.key(x), 4)
+    assert (unmasked[2] - probs[2]).abs().max() > 1e-3  # the mask matters where there is padding
+    close(probs.sum(-1), torch.ones(3, 4, 7))
+
+
+# --------------------------------------------------------------------------------------
+# Stretch references: a pre-LN layer, the masked-LM head's top-k guesses
+
+def test_pre_ln_layer_forward_matches_roberta_prelayernorm(tf):
+    mod = tf.models.roberta_prelayernorm.modeling_roberta_prelayernorm
+    hf_cfg = tf.RobertaPreLayerNormConfig(**SMALL, attn_implementation="eager")
+    theirs = randomize_(mod.RobertaPreLayerNormLayer(hf_cfg), seed=3, scale=0.2)
+    # roberta-prelayernorm's names for the two norms -> the post-LN Layer's modules in their place
+    rename = {"attention.LayerNorm.": "attention.output.LayerNorm.", "intermediate.LayerNorm.": "output.LayerNorm."}
+    state = {}
+    for key, value in theirs.state_dict().items():
+        for old, new in rename.items():
+            key = key.replace(old, new) if key.startswith(old) else key
+        state[key] = value
+    ours = E.Layer(our_config(hf_cfg))
+    ours.load_state_dict(state)  # strict: every tensor of the pre-LN layer has a place
+    ours.eval()
+    x = 2 * torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(12))
+    mask, additive = masks()
+    with torch.no_grad():
+        out = E.pre_ln_layer_forward(ours, x, padding_mask(mask))
+        close(out, theirs(x, attention_mask=additive), atol=2e-5)
+        assert (out - ours(x, padding_mask(mask))).abs().max() > 1e-2  # not the post-LN layer
+        # the residual stream is not normalised: its scale follows x, unlike post-LN's output
+        assert out.std() > 1.5 and ours(x, padding_mask(mask)).std() < 1.5
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "bert"])
+def test_fill_mask_top_k_matches_transformers_head(tf, model_type):
+    hf_cfg = hf_config(tf, model_type)
+    if model_type == "roberta":
+        theirs = randomize_(tf.models.roberta.modeling_roberta.RobertaLMHead(hf_cfg), scale=0.5)
+        ours = E.RobertaLMHead(our_config(hf_cfg))
+    else:
+        theirs = randomize_(_hf(tf, "BertOnlyMLMHead")(hf_cfg), scale=0.5)
+        ours = E.BertLMHead(our_config(hf_cfg))
+    for name, p in theirs.named_parameters():  # the decoder's bias is the head's bias, as in the *ForMaskedLM models
+        if name.endswith("decoder.bias"):
+            with torch.no_grad():
+                p.copy_(theirs.get_parameter(name.replace("decoder.bias", "bias")))
+    ours.load_state_dict(theirs.state_dict(), strict=False)
+    ours.eval()
+    g = torch.Generator().manual_seed(13)
+    hidden = torch.randn(2, 6, 32, generator=g)
+    ids = torch.tensor([[5, 99, 7, 99, 8, 9], [99, 4, 4, 4, 4, 99]])  # 99: the mask token; 4 masks in all
+    with torch.no_grad():
+        probs, top = E.fill_mask_top_k(ours, hidden, ids, 99, k=5)
+        expected = torch.softmax(theirs(hidden), dim=-1)  # (B, T, V)
+    rows = [(0, 1), (0, 3), (1, 0), (1, 5)]  # reading order
+    ref = torch.stack([expected[b, t] for b, t in rows]).topk(5, dim=-1)
+    assert probs.shape == top.shape == (4, 5) and top.dtype == torch.long
+    close(probs, ref.values, atol=1e-6)
+    assert torch.equal(top, ref.indices)
+    assert (probs[:, :-1] >= probs[:, 1:]).all()  # highest first

@@ -175,6 +175,85 @@ def _mean(hidden, mask, exclude=True, divide="tokens", clamp=True):
     return summed / (count.clamp(min=1e-9) if clamp else count)
 
 
+def _prelayernorm(order="pre", residual_from_norm=False, swap_norms=False, final_norm=False, use_mask=True,
+                  act=F.gelu):
+    """pre_ln_encoder_layer with one typical mistake (roberta-prelayernorm's key names)."""
+    def pre_ln_encoder_layer(x, w, h, eps, attention_mask=None):
+        n1, n2 = "attention.LayerNorm", "intermediate.LayerNorm"
+        if swap_norms:
+            n1, n2 = n2, n1
+        attn = {k.removeprefix("attention.self."): v for k, v in w.items() if k.startswith("attention.self.")}
+        mask = attention_mask if use_mask else None
+
+        def attention(z):
+            return _self_attention()(z, attn, h, mask) @ w["attention.output.dense.weight"].T + \
+                w["attention.output.dense.bias"]
+
+        def ffn(z):
+            return act(z @ w["intermediate.dense.weight"].T + w["intermediate.dense.bias"]) @ \
+                w["output.dense.weight"].T + w["output.dense.bias"]
+        if order == "post":
+            a = _ln(x + attention(x), w[f"{n1}.weight"], w[f"{n1}.bias"], eps)
+            return _ln(a + ffn(a), w[f"{n2}.weight"], w[f"{n2}.bias"], eps)
+        normed = _ln(x, w[f"{n1}.weight"], w[f"{n1}.bias"], eps)
+        a = (normed if residual_from_norm else x) + attention(normed)
+        normed = _ln(a, w[f"{n2}.weight"], w[f"{n2}.bias"], eps)
+        out = (normed if residual_from_norm else a) + ffn(normed)
+        return _ln(out, w[f"{n2}.weight"], w[f"{n2}.bias"], eps) if final_norm else out
+    return pre_ln_encoder_layer
+
+
+def _answer_key_pre_ln(x, w, h, eps, attention_mask=None):
+    from course_lib import layers
+    from course_lib.models import encoder
+
+    renamed = {k.replace("attention.LayerNorm.", "attention.output.LayerNorm.").replace(
+        "intermediate.LayerNorm.", "output.LayerNorm."): v for k, v in w.items()}
+    config = encoder.EncoderConfig(hidden_size=x.shape[-1], num_attention_heads=h, layer_norm_eps=eps,
+                                   intermediate_size=w["intermediate.dense.weight"].shape[0])
+    layer = encoder.Layer(config)
+    layer.load_state_dict(renamed)
+    return encoder.pre_ln_layer_forward(layer.eval(), x,
+                                        None if attention_mask is None else layers.padding_mask(attention_mask))
+
+
+def _fill_mask(bias=True, act=F.gelu, norm="after", probabilities=True, descending=True, order="rows",
+               softmax_dim=-1, all_positions=False, decoder="embeddings"):
+    """fill_mask_top_k with one typical mistake."""
+    def fill_mask_top_k(hidden, ids, w, mask_id, eps, k):
+        where = ids == mask_id
+        if all_positions:
+            masked = hidden.reshape(-1, hidden.shape[-1])
+        elif order == "columns":
+            masked = hidden.transpose(0, 1)[where.transpose(0, 1)]
+        else:
+            masked = hidden[where]
+        z = masked @ w["lm_head.dense.weight"].T + w["lm_head.dense.bias"]
+        ln = (w["lm_head.layer_norm.weight"], w["lm_head.layer_norm.bias"])
+        if norm == "before":
+            z = act(_ln(z, *ln, eps))
+        elif norm == "none":
+            z = act(z)
+        else:
+            z = _ln(act(z), *ln, eps)
+        matrix = w["lm_head.dense.weight"] if decoder == "dense" else w["roberta.embeddings.word_embeddings.weight"]
+        logits = z @ matrix.T + (w["lm_head.bias"] if bias else 0)
+        scores = torch.softmax(logits, dim=softmax_dim) if probabilities else logits
+        values, top = scores.topk(k, dim=-1)
+        return (values.flip(-1), top.flip(-1)) if not descending else (values, top)
+    return fill_mask_top_k
+
+
+def _answer_key_fill_mask(hidden, ids, w, mask_id, eps, k):
+    from course_lib.models import encoder
+
+    v, c = w["roberta.embeddings.word_embeddings.weight"].shape
+    head = encoder.RobertaLMHead(encoder.EncoderConfig(hidden_size=c, vocab_size=v, layer_norm_eps=eps))
+    state = {k2.removeprefix("lm_head."): t for k2, t in w.items() if k2.startswith("lm_head.")}
+    head.load_state_dict({**state, "decoder.weight": w["roberta.embeddings.word_embeddings.weight"]})
+    return encoder.fill_mask_top_k(head.eval(), hidden, ids, mask_id, k)
+
+
 EX04_WRONG = {
     "roberta_position_ids": {
         "tokens count from 0": lambda ids, p: ((ids != p).long().cumsum(1) - 1) * (ids != p).long() + p * (ids == p).long(),
@@ -234,6 +313,28 @@ EX04_WRONG = {
         "sum, not mean": lambda h, m: _mean(h, m, divide="none"),
         "NaN for a row of padding": lambda h, m: _mean(h, m, clamp=False),
         "answer key": _answer_key_mean_pooling,
+    },
+    "pre_ln_encoder_layer": {
+        "post-LN order": _prelayernorm(order="post"),
+        "residual from the normalised input": _prelayernorm(residual_from_norm=True),
+        "the two LayerNorms swapped": _prelayernorm(swap_norms=True),
+        "a final LayerNorm": _prelayernorm(final_norm=True),
+        "mask ignored": _prelayernorm(use_mask=False),
+        "tanh GELU": _prelayernorm(act=lambda z: F.gelu(z, approximate="tanh")),
+        "answer key": _answer_key_pre_ln,
+    },
+    "fill_mask_top_k": {
+        "lm_head.bias forgotten": _fill_mask(bias=False),
+        "tanh GELU": _fill_mask(act=lambda z: F.gelu(z, approximate="tanh")),
+        "layer_norm before GELU": _fill_mask(norm="before"),
+        "no layer_norm": _fill_mask(norm="none"),
+        "logits, not probabilities": _fill_mask(probabilities=False),
+        "lowest first": _fill_mask(descending=False),
+        "masked positions column by column": _fill_mask(order="columns"),
+        "softmax over the positions": _fill_mask(softmax_dim=0),
+        "every position, not only the masks": _fill_mask(all_positions=True),
+        "decoder = the dense weight, not the tied embeddings (raises)": _fill_mask(decoder="dense"),
+        "answer key": _answer_key_fill_mask,
     },
 }
 
@@ -365,6 +466,68 @@ def _full_key(t):
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
 
 
+def _shards(greater_or_equal=False, oversized_closes=False, first=1, single_numbered=False, base=1000,
+            inverted=False, no_total=False):
+    """shard_index with one typical mistake."""
+    def shard_index(state, max_shard_size):
+        if isinstance(max_shard_size, str):
+            units = {"KB": base, "MB": base ** 2, "GB": base ** 3, "TB": base ** 4}
+            max_shard_size = int(float(max_shard_size[:-2]) * units[max_shard_size[-2:].upper()])
+        shards, current, size_now, total = [], [], 0, 0
+        for key, t in state.items():
+            total += t.nbytes
+            if t.nbytes > max_shard_size:
+                if oversized_closes and current:
+                    shards.append(current)
+                    current, size_now = [], 0
+                shards.append([key])
+                continue
+            full = size_now + t.nbytes >= max_shard_size if greater_or_equal else size_now + t.nbytes > max_shard_size
+            if full and current:
+                shards.append(current)
+                current, size_now = [], 0
+            current.append(key)
+            size_now += t.nbytes
+        if current:
+            shards.append(current)
+        n = len(shards)
+        names = ["model.safetensors"] if n == 1 and not single_numbered else \
+            [f"model-{i + first:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        weight_map = {k: name for name, keys in zip(names, shards) for k in keys}
+        if inverted:
+            weight_map = {name: keys for name, keys in zip(names, shards)}
+        return {"metadata": {} if no_total else {"total_size": total}, "weight_map": weight_map}
+    return shard_index
+
+
+def _tensor_bytes(absolute=False, endian="little", bf16_as_f16=False, reshape=True, as_float32=False):
+    """read_safetensors_tensor with one typical mistake."""
+    import struct
+
+    names = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+             "BF16": torch.float16 if bf16_as_f16 else torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+             "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+    def read_safetensors_tensor(data, name):
+        (n,) = struct.unpack("<Q", data[:8])
+        entry = json.loads(data[8:8 + n])[name]
+        start, end = entry["data_offsets"]
+        if not absolute:
+            start, end = start + 8 + n, end + 8 + n
+        dtype = names[entry["dtype"]]
+        raw = bytearray(data[start:end])
+        if not raw:
+            flat = torch.empty(0, dtype=dtype)
+        else:
+            flat = torch.frombuffer(raw, dtype=dtype)
+            if endian == "big" and flat.element_size() > 1:
+                same = {2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()]
+                flat = torch.from_numpy(flat.view(same).numpy().byteswap()).view(dtype)
+        out = flat.reshape(entry["shape"]) if reshape else flat
+        return out.float() if as_float32 else out
+    return read_safetensors_tensor
+
+
 EX05_WRONG = {
     "rename_legacy_key": {
         "str.replace on the whole key": lambda k: k.replace("gamma", "weight").replace("beta", "bias"),
@@ -419,6 +582,31 @@ EX05_WRONG = {
         "singletons listed": _groups(_full_key, singletons=True),
         "groups not sorted": _groups(_full_key, sort=False),
     },
+    "shard_index": {
+        "starts a new shard at exactly the limit": _shards(greater_or_equal=True),
+        "an oversized tensor closes the shard being filled": _shards(oversized_closes=True),
+        "shards numbered from 0": _shards(first=0),
+        "a single shard numbered": _shards(single_numbered=True),
+        "KB = 1024 bytes": _shards(base=1024),
+        "weight_map inverted (file -> names)": _shards(inverted=True),
+        "no total_size": _shards(no_total=True),
+        "huggingface_hub's planner (switched off)": lambda state, size: {
+            "metadata": (split := __import__("huggingface_hub").split_torch_state_dict_into_shards(
+                state, filename_pattern="model{suffix}.safetensors", max_shard_size=size)).metadata,
+            "weight_map": split.tensor_to_filename},
+        "answer key": lambda state, size: __import__("course_lib.checkpoint", fromlist=["x"]).shard_index(state, size),
+    },
+    "read_safetensors_tensor": {
+        "offsets from the file's start": _tensor_bytes(absolute=True),
+        "big-endian": _tensor_bytes(endian="big"),
+        "BF16 read as float16": _tensor_bytes(bf16_as_f16=True),
+        "not reshaped": _tensor_bytes(reshape=False),
+        "always float32": _tensor_bytes(as_float32=True),
+        "safetensors.torch.load (switched off)": lambda data, name: __import__("safetensors.torch", fromlist=["x"])
+        .load(data)[name],
+        "answer key": lambda data, name: __import__("course_lib.checkpoint", fromlist=["x"]).read_safetensors_tensor(
+            data, name),
+    },
 }
 
 WRONG = [("ex04", name, label, fn) for name, cases in EX04_WRONG.items() for label, fn in cases.items()] + \
@@ -445,5 +633,26 @@ def test_answer_key_is_named_and_restored():
 
 
 def test_points_add_up():
-    assert sum(ex.points for ex in checks("ex04").values()) == 12
-    assert sum(ex.points for ex in checks("ex05").values()) == 11
+    for chapter, core, stretch in (("ex04", 12, 6), ("ex05", 11, 6)):
+        exercises = checks(chapter).values()
+        assert sum(ex.points for ex in exercises if not ex.stretch) == core
+        assert sum(ex.points for ex in exercises if ex.stretch) == stretch
+
+
+def test_stretch_messages_name_the_mistake():
+    """A few typical mistakes get a message that says what is wrong, not just "values differ"."""
+    cases = [("ex04", "pre_ln_encoder_layer", _prelayernorm(order="post"), "post-LN"),
+             ("ex04", "pre_ln_encoder_layer", _prelayernorm(residual_from_norm=True), "un-normalised"),
+             ("ex04", "pre_ln_encoder_layer", _prelayernorm(final_norm=True), "ends with a LayerNorm"),
+             ("ex04", "fill_mask_top_k", _fill_mask(bias=False), "lm_head.bias"),
+             ("ex04", "fill_mask_top_k", _fill_mask(probabilities=False), "logits"),
+             ("ex04", "fill_mask_top_k", _fill_mask(order="columns"), "reading order"),
+             ("ex05", "shard_index", _shards(greater_or_equal=True), "strictly greater"),
+             ("ex05", "shard_index", _shards(base=1024), "powers of 1000"),
+             ("ex05", "read_safetensors_tensor", _tensor_bytes(absolute=True), "end of the header"),
+             ("ex05", "read_safetensors_tensor", _tensor_bytes(bf16_as_f16=True), "bfloat16"),
+             ("ex05", "read_safetensors_tensor", lambda data, name: __import__("safetensors.torch", fromlist=["x"])
+              .load(data)[name], "shortcut")]
+    for chapter, name, fn, words in cases:
+        with pytest.raises(GradeError, match=words):
+            checks(chapter)[name].grade(fn, np.random.default_rng(0))

@@ -60,12 +60,28 @@ def shown_text(cell: dict) -> str:
     return output_text(cell)
 
 
+def _plain(value: ast.AST) -> bool:
+    """A name, a constant or an attribute of one (``config.hidden_size``): no computation."""
+    while isinstance(value, ast.Attribute):
+        value = value.value
+    return isinstance(value, (ast.Name, ast.Constant))
+
+
 def _trivial(node: ast.stmt) -> bool:
-    """`return q, scale` or `return out`: naming the results says nothing about how to compute them."""
-    if not isinstance(node, ast.Return) or node.value is None:
-        return False
-    parts = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
-    return all(isinstance(p, ast.Name) for p in parts)
+    """Boilerplate that says nothing about how to compute the answer: ``return q, scale``,
+    ``C = config.hidden_size``, ``super().__init__()``."""
+    if isinstance(node, ast.Return):
+        if node.value is None:
+            return True
+        parts = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+        return all(isinstance(p, ast.Name) for p in parts)
+    if isinstance(node, ast.Assign):
+        return _plain(node.value)
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        func = node.value.func
+        return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call) and \
+            isinstance(func.value.func, ast.Name) and func.value.func.id == "super"
+    return False
 
 
 def body_statements(code: str) -> set[str]:

@@ -2,8 +2,13 @@
 
 Inputs are random (sizes, weights, token ids, padding on the right or the left) plus one
 real layer of all-MiniLM-L6-v2; expected answers come from ``course_lib.models.encoder``
-(its modules loaded with the same tensors), which is tested against ``transformers``. The
-encoder's own classes and functions are switched off while the learner's code runs.
+(its functions, or its modules loaded with the same tensors), which is tested against
+``transformers``. The encoder's own classes and functions are switched off while the
+learner's code runs; ``course_lib.layers`` (chapter 02) is allowed.
+
+Two stretch exercises go past the chapter: an encoder layer in pre-LN order, from a
+roberta-prelayernorm checkpoint's tensors, and the masked-LM head's top-k guesses for the
+masked positions, with the decoder tied to the word embeddings.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import torch
 from torch import nn
 
 from course_lib import layers
-from course_lib.grading.registry import chapter_rules, GradeError, call_learner, exercise, expect_close, expect_equal, expect_tensor
+from course_lib.grading.registry import (GradeError, call_learner, chapter_rules, exercise, expect_close,
+                                         expect_equal, expect_tensor, expect_tensors)
 from course_lib.models import encoder
 
 ANSWER_KEY = tuple(f"course_lib.models.encoder.{name}" for name in (
-    "roberta_position_ids", "mean_pooling", "sentence_embeddings", "SelfAttention", "SelfOutput", "Attention",
-    "Intermediate", "Output", "Layer", "Encoder", "BertModel", "RobertaModel"))
+    "roberta_position_ids", "extended_attention_mask", "attention_probs", "mean_pooling", "sentence_embeddings",
+    "SelfAttention", "SelfOutput", "Attention", "Intermediate", "Output", "Layer", "pre_ln_layer_forward", "Encoder",
+    "BertModel", "RobertaModel", "RobertaLMHead", "BertLMHead", "fill_mask_top_k"))
+E = "course_lib.models.encoder."
 
 MINILM_HEADS, MINILM_EPS = 12, 1e-12  # all-MiniLM-L6-v2's config.json
 
@@ -109,9 +117,13 @@ def random_sizes(rng: np.random.Generator) -> tuple[int, int, int, int]:
     return int(rng.integers(1, 4)), int(rng.integers(1, 9)), int(rng.integers(1, 5)), int(rng.integers(1, 7))
 
 
-@exercise("ex04.roberta_position_ids", points=2,
-          hint="is_token = (input_ids != padding_idx).long(); torch.cumsum(is_token, dim=1) * is_token + "
-               "padding_idx: tokens count from padding_idx + 1, pads keep padding_idx, on either side.")
+@exercise("ex04.roberta_position_ids", points=2, reference=E + "roberta_position_ids", hints=(
+    "Only real tokens are counted: a pad's position is padding_idx itself, and the n-th real token of a row gets "
+    "padding_idx + n, wherever the pads sit (on the left, on the right, or in the middle).",
+    "Mark the real tokens with 1 and the pads with 0 (a comparison with padding_idx, turned into integers); a "
+    "cumulative sum along the tokens (dim 1) counts the real tokens up to and including each position.",
+    "The running count is not 0 on a pad that follows real tokens: multiply it by the same 0/1 marks before you "
+    "shift everything by padding_idx. Return integers (torch.long), not floats."))
 def _(fn, rng):
     cases = [(torch.tensor([[0, 713, 16, 2, 1, 1], [1, 1, 0, 713, 16, 2]]), 1)]
     for case in range(24):
@@ -132,9 +144,13 @@ def _(fn, rng):
         expect_equal(got, encoder.roberta_position_ids(ids, padding_idx), what)
 
 
-@exercise("ex04.extended_attention_mask", points=1,
-          hint="torch.zeros(B, 1, 1, T, dtype=dtype).masked_fill((attention_mask == 0)[:, None, None, :], "
-               "torch.finfo(dtype).min): 0.0 = attend, the most negative finite value of *that* dtype = padding.")
+@exercise("ex04.extended_attention_mask", points=1, reference=E + "extended_attention_mask", hints=(
+    "An additive mask: 0.0 where a key may be attended to and a hugely negative number where it is padding, so "
+    "that once it is added to the scores, the softmax gives padding a weight of 0.",
+    "Start from zeros of shape (B, 1, 1, T) in the requested dtype, then fill the padded positions: `masked_fill` "
+    "with a boolean tensor of where attention_mask is 0, given its two singleton dimensions by indexing with None.",
+    "The fill value is `torch.finfo(dtype).min` of the dtype you were given (float16's is -65504, float32's "
+    "-3.4e38): not -inf, and not -10000."))
 def _(fn, rng):
     dtypes = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
     for case in range(12):
@@ -152,35 +168,47 @@ def _(fn, rng):
         if got.dtype != dtype:
             raise GradeError(f"{what}: expected dtype {dtype} (the mask is added to scores of that dtype), "
                              f"got {got.dtype}")
-        expected = torch.zeros(b, 1, 1, t, dtype=dtype).masked_fill(~layers.padding_mask(mask),
-                                                                    torch.finfo(dtype).min)
+        expected = encoder.extended_attention_mask(mask, dtype)
+        if tuple(got.shape) != tuple(expected.shape):
+            raise GradeError(f"{what}: expected shape {tuple(expected.shape)} = (B, 1, 1, T), so that it broadcasts "
+                             f"over the heads and the queries of (B, H, T, T) scores; got {tuple(got.shape)}")
+        if bool(torch.isinf(got).any()):
+            raise GradeError(f"{what}: your mask holds -inf; use torch.finfo(dtype).min, the most negative finite "
+                             f"number (a row of padding only would turn into NaN with -inf)")
         expect_equal(got, expected, what)
 
 
-@exercise("ex04.attention_probs", points=2,
-          hint="Split both into heads: .view(B, T, H, C // H).transpose(1, 2); scores = q @ k.transpose(-2, -1) / "
-               "sqrt(C // H) (the head size, not C); + additive_mask; softmax over the last dimension.")
+@exercise("ex04.attention_probs", points=2, reference=E + "attention_probs", hints=(
+    "Each head works on its own D = C / H consecutive features: give the heads a dimension of their own, "
+    "(B, H, T, D), then score every query against every key of the same head.",
+    "Reshape to (B, T, H, D) and move H in front of T (`view`, then `transpose`); the scores are q times k with "
+    "its last two dimensions swapped, divided by sqrt(D), the head size, not sqrt(C).",
+    "Add the additive mask (its (B, 1, 1, T) shape broadcasts over heads and queries) before the softmax, and "
+    "normalise over the keys: the last dimension. (course_lib.layers.split_heads may do the split.)"))
 def _(fn, rng):
     for case in range(12):
         b, t, h, d = (2, 5, 3, 4) if case == 0 else random_sizes(rng)
         c = h * d
         query, key = randn(rng, b, t, c, scale=2.0), randn(rng, b, t, c, scale=2.0)
         mask = None if case % 3 == 1 else padded_case(rng, b, t)
-        additive = None if mask is None else torch.zeros(b, 1, 1, t).masked_fill(
-            ~layers.padding_mask(mask), torch.finfo(torch.float32).min)
+        additive = None if mask is None else encoder.extended_attention_mask(mask, torch.float32)
         what = (f"attention_probs(query {tuple(query.shape)}, key {tuple(key.shape)}, num_heads={h}, "
                 f"additive_mask from attention_mask={mask_text(mask)})")
         got = call(fn, query, key, h, additive, what=what)
-        q, k = layers.split_heads(query, h), layers.split_heads(key, h)
-        _, expected = layers.scaled_dot_product_attention(
-            q, k, k, None if mask is None else layers.padding_mask(mask), return_weights=True)
+        expected = encoder.attention_probs(query, key, h, additive)
+        if tuple(got.shape) == tuple(expected.shape) and not torch.allclose(got.sum(-1), torch.ones(()), atol=1e-4):
+            raise GradeError(f"{what}: the weights of a query must sum to 1 over the keys (the last dimension); "
+                             f"yours do not: was the softmax taken over another dimension?")
         expect_close(got, expected, what, atol=1e-6)
 
 
-@exercise("ex04.self_attention", points=2,
-          hint="q, k, v = x @ W.T + b for 'query', 'key', 'value'; probs = attention_probs(q, k, H, "
-               "extended_attention_mask(mask, x.dtype)); split v into heads too; (probs @ v).transpose(1, 2)"
-               ".reshape(B, T, C).")
+@exercise("ex04.self_attention", points=2, reference=E + "SelfAttention", hints=(
+    "Three linear projections of the same input (query, key, value), every head's attention weights, then each "
+    "head's weighted sum of its values, put back side by side: (B, T, C) in, (B, T, C) out.",
+    "Checkpoint weights are stored (out_features, in_features): a projection multiplies by the transposed weight "
+    "and adds the bias. Your attention_probs and extended_attention_mask (in the input's dtype) do the middle part.",
+    "Split the values into heads like the queries; after probs @ v, (B, H, T, D), move T back in front of H before "
+    "reshaping to (B, T, C): reshaping straight away mixes up tokens and heads."))
 def _(fn, rng):
     for case in range(9):
         if case == 8:  # a real layer: all-MiniLM-L6-v2, C = 384, H = 12
@@ -215,8 +243,14 @@ def _feed_forward_reference(x, weights, eps):
 
 
 @exercise("ex04.feed_forward", points=2,
-          hint="h = gelu(x @ W1.T + b1) with the exact (erf) GELU; y = x + h @ W2.T + b2 (the residual comes "
-               "BEFORE the norm); return layer_norm(y) with output.LayerNorm's weight, bias and the given eps.")
+          reference=(E + "Intermediate", E + "SelfOutput", E + "Output"), hints=(
+    "Widen every token's vector to I features, apply GELU, project back to C; then add the block's input (the "
+    "residual) and normalise the sum with output.LayerNorm: post-LN.",
+    "Both dense weights are stored (out, in). GELU is the exact, erf-based one (the default of "
+    "torch.nn.functional.gelu, not approximate='tanh'); torch.nn.functional.layer_norm takes the normalised "
+    "shape (C,), the weight, the bias and eps.",
+    "The order matters: the residual sum first, the LayerNorm of that sum last. Not LayerNorm then residual, and "
+    "not normalising the input; use the eps you are given."))
 def _(fn, rng):
     for case in range(10):
         b, t, h, d = random_sizes(rng)
@@ -230,9 +264,13 @@ def _(fn, rng):
         expect_close(got, _feed_forward_reference(x, weights, eps), what, atol=1e-5, rtol=1e-4)
 
 
-@exercise("ex04.encoder_layer", points=2,
-          hint="a = self_attention(x, ...); a = layer_norm(x + a @ Wo.T + bo) with attention.output's weights; "
-               "then feed_forward(a, ...): the second residual adds a, not x. Both norms use eps.")
+@exercise("ex04.encoder_layer", points=2, reference=(E + "Attention", E + "Layer"), hints=(
+    "Two post-LN blocks in a row: the attention block (self-attention, output projection, residual, LayerNorm), "
+    "then the feed-forward block you wrote, applied to the attention block's output.",
+    "Give self_attention only the attention.self.* tensors, with that prefix removed (a dict comprehension with "
+    "startswith); attention.output.dense projects the merged heads, attention.output.LayerNorm is the first norm.",
+    "The feed-forward block's residual is the attention block's output, not the layer's input; both norms use the "
+    "same eps, and only self-attention needs the mask."))
 def _(fn, rng):
     for case in range(7):
         if case == 6:  # a real layer: all-MiniLM-L6-v2
@@ -256,9 +294,13 @@ def _(fn, rng):
         expect_close(got, expected, what, atol=1e-5, rtol=1e-4)
 
 
-@exercise("ex04.mean_pooling", points=1,
-          hint="m = attention_mask.unsqueeze(-1).to(hidden_states.dtype); (hidden_states * m).sum(1) / "
-               "m.sum(1).clamp(min=1e-9): pads are left out of both the sum and the count.")
+@exercise("ex04.mean_pooling", points=1, reference=E + "mean_pooling", hints=(
+    "Average each sentence's token vectors over its real tokens only: add up the vectors where the mask is 1 and "
+    "divide by how many there are.",
+    "Turn the mask into a (B, T, 1) tensor of the hidden states' dtype (unsqueeze the last dimension, convert): "
+    "multiplying by it zeroes the pads, and its sum over T is the number of real tokens.",
+    "A sentence with no real token has a count of 0: clamp the count to at least 1e-9, so that 0 / 1e-9 gives "
+    "zeros and not NaN."))
 def _(fn, rng):
     cases = []
     for case in range(10):
@@ -275,3 +317,220 @@ def _(fn, rng):
             raise GradeError(f"{what}: your result contains NaN; a row with no real token must give zeros "
                              f"(clamp the count to at least 1e-9)")
         expect_close(got, encoder.mean_pooling(hidden, mask), what)
+
+
+# ----------------------------------------------------------------------------- stretch: pre-LN layer
+
+# roberta-prelayernorm's names for the two norms -> where they sit in our (post-LN) Layer
+PRE_LN_NORMS = {"attention.LayerNorm.": "attention.output.LayerNorm.", "intermediate.LayerNorm.": "output.LayerNorm."}
+
+
+def _pre_ln_checkpoint(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Layer's 16 tensors under roberta-prelayernorm's names (the two norms renamed)."""
+    out = {}
+    for key, value in weights.items():
+        for ours, theirs in ((v, k) for k, v in PRE_LN_NORMS.items()):
+            if key.startswith(ours):
+                key = theirs + key[len(ours):]
+        out[key] = value
+    return out
+
+
+def _pre_ln_variants(layer, x, mask):
+    """Typical wrong pre-LN layers, each computed with the course's modules: {message: output}."""
+    attention = layer.attention
+    ln_a, ln_f = attention.output.LayerNorm, layer.output.LayerNorm
+
+    def attend(inp, norm, residual_from_norm=False):
+        normed = norm(inp)
+        return (normed if residual_from_norm else inp) + attention.output.dense(attention.self(normed, mask))
+
+    def ffn(inp, norm, residual_from_norm=False):
+        normed = norm(inp)
+        return (normed if residual_from_norm else inp) + layer.output.dense(layer.intermediate(normed))
+
+    pre = encoder.pre_ln_layer_forward(layer, x, mask)
+    return {
+        "that is the post-LN layer (BERT's order: residual sum, then LayerNorm); pre-LN normalises each sublayer's "
+        "input instead and adds the sublayer's output to the un-normalised x": layer(x, mask),
+        "the residual carries the normalised input; in pre-LN the residual adds to the un-normalised x "
+        "(x + Attn(LN(x)), not LN(x) + Attn(LN(x)))": ffn(attend(x, ln_a, True), ln_f, True),
+        "the attention half's residual carries the normalised input; it adds to the un-normalised x "
+        "(x + Attn(LN(x)), not LN(x) + Attn(LN(x)))": ffn(attend(x, ln_a, True), ln_f),
+        "the feed-forward half's residual carries the normalised input; it adds to the un-normalised a "
+        "(a + FFN(LN(a)), not LN(a) + FFN(LN(a)))": ffn(attend(x, ln_a), ln_f, True),
+        "the two LayerNorms are swapped: attention.LayerNorm normalises the input of self-attention, "
+        "intermediate.LayerNorm the input of intermediate.dense": ffn(attend(x, ln_f), ln_a),
+        "your layer ends with a LayerNorm; a pre-LN layer's output is the residual stream itself, not normalised "
+        "(the model adds one final LayerNorm after its last layer)": ln_f(pre),
+        "the attention mask was ignored: padded keys must get no attention":
+            encoder.pre_ln_layer_forward(layer, x, None),
+    }
+
+
+def _diagnose(got: torch.Tensor, variants: dict[str, torch.Tensor], what: str, atol=1e-4) -> None:
+    """A GradeError naming the mistake when ``got`` equals one of the typical wrong answers."""
+    for message, wrong in variants.items():
+        if tuple(got.shape) == tuple(wrong.shape) and torch.allclose(got.float(), wrong.float(), atol=atol,
+                                                                      rtol=1e-4):
+            raise GradeError(f"{what}: {message}")
+
+
+@exercise("ex04.pre_ln_encoder_layer", points=3, stretch=True, reference=E + "pre_ln_layer_forward", hints=(
+    "Pre-LN normalises the input of each sublayer and adds the sublayer's output to the un-normalised stream: "
+    "x + Attn(LN(x)), then the same with the feed-forward block; nothing normalises the layer's output.",
+    "attention.LayerNorm comes before self-attention, intermediate.LayerNorm before intermediate.dense; the "
+    "residual sums come after attention.output.dense and after output.dense. Your self_attention does the heads.",
+    "Keep the un-normalised input for the residual (adding LN(x) instead of x is the classic slip), and do not "
+    "finish with a LayerNorm."))
+def _(fn, rng):
+    for case in range(9):
+        b, t, h, d = (2, 5, 3, 4) if case == 0 else random_sizes(rng)
+        # C >= 4: a LayerNorm over 2 or 3 nearly equal features turns float32 rounding into visible differences
+        c, i, eps = h * max(d, 4), int(rng.integers(2, 17)), [1e-5, 1e-12, 0.1][case % 3]
+        weights = random_layer_weights(rng, c, i)
+        file_weights = _pre_ln_checkpoint(weights)
+        x = randn(rng, b, t, c, scale=float(rng.choice([0.5, 2.0, 4.0])))  # the stream's scale shows
+        mask = None if case % 4 == 1 else padded_case(rng, b, t)
+        bool_mask = None if mask is None else layers.padding_mask(mask)
+        what = (f"pre_ln_encoder_layer(hidden_states {tuple(x.shape)}, roberta-prelayernorm weights with I={i}, "
+                f"num_heads={h}, eps={eps:g}, attention_mask={mask_text(mask)})")
+        got = call(fn, x, dict(file_weights), h, eps, None if mask is None else mask.clone(), what=what)
+        with torch.no_grad():
+            layer = loaded(encoder.Layer(config_for(c, h, i, eps)), weights)
+            expected = encoder.pre_ln_layer_forward(layer, x, bool_mask)
+            if tuple(got.shape) == tuple(expected.shape) and not torch.allclose(got, expected, atol=1e-5, rtol=1e-4):
+                variants = _pre_ln_variants(layer, x, bool_mask)
+                if mask is None or bool(mask.all()):
+                    variants = {m: v for m, v in variants.items() if not m.startswith("the attention mask")}
+                _diagnose(got, variants, what)
+        expect_close(got, expected, what, atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- stretch: fill-mask head
+
+MLM_KEYS = ("lm_head.dense.weight", "lm_head.dense.bias", "lm_head.layer_norm.weight", "lm_head.layer_norm.bias",
+            "lm_head.bias", "roberta.embeddings.word_embeddings.weight")
+
+
+def _mlm_case(rng: np.random.Generator, case: int):
+    """hidden (B, T, C), input_ids (B, T), mask id, k, eps, the head's checkpoint tensors."""
+    b, t, c = int(rng.integers(1, 4)), int(rng.integers(1, 8)), int(rng.integers(8, 17))  # a wide enough layer_norm
+    v = int(rng.integers(8, 60))
+    mask_id = int(rng.integers(0, v))
+    ids = torch.from_numpy(rng.integers(0, v - 1, size=(b, t))).long()
+    ids = ids + (ids >= mask_id).long()  # every id but the mask's
+    masked = rng.random((b, t)) < 0.3
+    if case != 5:
+        masked[int(rng.integers(0, b)), int(rng.integers(0, t))] = True  # at least one <mask>
+    else:
+        masked[:] = False  # no <mask> at all: two empty (0, k) results
+    if case == 0 and b * t > 1:
+        masked[:] = False
+        masked[0, 0] = masked[-1, -1] = True  # first and last positions
+    ids[torch.from_numpy(masked)] = mask_id
+    k = v if case == 3 else int(rng.integers(1, min(6, v) + 1))
+    eps = [1e-5, 1e-12, 0.1][case % 3]
+    weights = {
+        "lm_head.dense.weight": randn(rng, c, c, scale=1.5 / np.sqrt(c)),
+        "lm_head.dense.bias": randn(rng, c, scale=0.5),
+        "lm_head.layer_norm.weight": 1.0 + randn(rng, c, scale=0.3),
+        "lm_head.layer_norm.bias": randn(rng, c, scale=0.3),
+        "lm_head.bias": randn(rng, v, scale=1.0),
+        "roberta.embeddings.word_embeddings.weight": randn(rng, v, c, scale=1.0),
+        "roberta.embeddings.position_embeddings.weight": randn(rng, t + 2, c, scale=0.1),  # in the file, not needed
+    }
+    hidden = randn(rng, b, t, c, scale=float(rng.choice([0.5, 1.0, 3.0])))
+    return hidden, ids, mask_id, k, eps, weights
+
+
+def _mlm_head(weights: dict[str, torch.Tensor], eps: float, act=None, variant: str = "") -> nn.Module:
+    """RobertaLMHead with the checkpoint's tensors, its decoder tied to the word embeddings."""
+    v, c = weights["roberta.embeddings.word_embeddings.weight"].shape
+    config = encoder.EncoderConfig(hidden_size=c, vocab_size=v, num_attention_heads=1, layer_norm_eps=eps)
+    head = encoder.RobertaLMHead(config)
+    state = {k.removeprefix("lm_head."): w for k, w in weights.items() if k.startswith("lm_head.")}
+    state["decoder.weight"] = weights["roberta.embeddings.word_embeddings.weight"]
+    if variant == "no bias":
+        state["bias"] = torch.zeros_like(state["bias"])
+    head = loaded(head, state)
+    if act is not None:
+        head.act_fn = act
+    if variant == "no layer_norm":
+        head.layer_norm = nn.Identity()
+    return head
+
+
+def _mlm_variants(weights, eps, hidden, ids, mask_id, k, expected_values):
+    """Typical wrong fill-mask heads: {message: top-k probabilities}."""
+    def top(head, h=hidden, i=ids):
+        return encoder.fill_mask_top_k(head, h, i, mask_id, k)[0]
+
+    head = _mlm_head(weights, eps)
+    norm_first = _mlm_head(weights, eps)
+    norm_first.forward = lambda x: norm_first.decoder(norm_first.act_fn(norm_first.layer_norm(norm_first.dense(x)))) \
+        + norm_first.bias
+    masked = hidden[ids == mask_id]
+    logits = head(masked)
+    return {
+        "lm_head.bias is missing: the decoder adds one bias per vocabulary entry after the tied matrix product":
+            top(_mlm_head(weights, eps, variant="no bias")),
+        "GELU with the tanh approximation; RobertaLMHead uses the exact (erf) GELU":
+            top(_mlm_head(weights, eps, act=lambda x: torch.nn.functional.gelu(x, approximate="tanh"))),
+        "the layer_norm is missing: dense, GELU, layer_norm, then the decoder": top(_mlm_head(weights, eps,
+                                                                                           variant="no layer_norm")),
+        "layer_norm before GELU: the head is dense, GELU, then layer_norm": top(norm_first),
+        "masked positions taken column by column: take them in reading order (row by row, left to right), as "
+        "boolean indexing with input_ids == mask_token_id does":
+            top(head, hidden.transpose(0, 1), ids.transpose(0, 1)),
+        "these look like the scores (logits) of the top k, not probabilities: apply a softmax over the vocabulary "
+        "first": logits.topk(k, dim=-1).values,
+        "the softmax went over the masked positions (dimension 0); each position's probabilities are a softmax "
+        "over the vocabulary, the last dimension": layers.softmax(logits, dim=0).topk(k, dim=-1).values,
+        "your probabilities are sorted lowest first; topk gives the most likely first": expected_values.flip(-1),
+    }
+
+
+@exercise("ex04.fill_mask_top_k", points=3, stretch=True, reference=E + "fill_mask_top_k", hints=(
+    "Pick out the hidden vectors of the masked positions, run only them through RoBERTa's head (dense, GELU, "
+    "layer_norm, decoder plus bias), turn the scores into probabilities, and keep the k largest.",
+    "The decoder is tied: its (V, C) weight is roberta.embeddings.word_embeddings.weight (the file stores it once); "
+    "lm_head.bias is the per-word bias. Boolean indexing with input_ids == mask_token_id gives the rows in reading "
+    "order.",
+    "Softmax over the vocabulary (the last dimension), then topk along it: it returns the values highest first and "
+    "their indices, the two results."))
+def _(fn, rng):
+    for case in range(10):
+        hidden, ids, mask_id, k, eps, weights = _mlm_case(rng, case)
+        n_masks = int((ids == mask_id).sum())
+        what = (f"fill_mask_top_k(hidden_states {tuple(hidden.shape)}, input_ids={ids.tolist()}, weights with "
+                f"V={weights['lm_head.bias'].shape[0]}, mask_token_id={mask_id}, eps={eps:g}, k={k})")
+        out = call_learner(fn, (hidden, ids.clone(), dict(weights), mask_id, eps, k), what, ANSWER_KEY,
+                           "; course_lib.models.encoder is the answer key", "`+=`, assigning into a weight ...")
+        got_values, got_ids = expect_tensors(out, 2, what, "(probabilities (M, k), token ids (M, k))")
+        with torch.no_grad():
+            head = _mlm_head(weights, eps)
+            values, top_ids = encoder.fill_mask_top_k(head, hidden, ids, mask_id, k)
+            probabilities = layers.softmax(head(hidden[ids == mask_id]), dim=-1)  # (M, V)
+        if tuple(got_values.shape) != (n_masks, k) or tuple(got_ids.shape) != (n_masks, k):
+            raise GradeError(f"{what}: the input has {n_masks} masked position(s), so both results must be "
+                             f"({n_masks}, {k}) (one row per <mask>, k guesses each); got {tuple(got_values.shape)} "
+                             f"and {tuple(got_ids.shape)}")
+        if got_ids.is_floating_point() or got_ids.dtype == torch.bool:
+            raise GradeError(f"{what}: token ids must be integers (torch.long); got dtype {got_ids.dtype}")
+        if n_masks == 0:
+            continue
+        if not torch.allclose(got_values.float(), values, atol=1e-5, rtol=1e-4):
+            with torch.no_grad():
+                _diagnose(got_values.float(), _mlm_variants(weights, eps, hidden, ids, mask_id, k, values), what,
+                          atol=1e-5)
+        expect_close(got_values, values, f"{what}, the probabilities", atol=1e-5, rtol=1e-4)
+        got_ids = got_ids.long()
+        if ((got_ids < 0) | (got_ids >= probabilities.shape[-1])).any():
+            raise GradeError(f"{what}: a token id is outside the vocabulary 0 .. {probabilities.shape[-1] - 1}")
+        if any(len(set(row)) != len(row) for row in got_ids.tolist()):
+            raise GradeError(f"{what}: a row of your token ids names the same token twice")
+        # each id must be the token whose probability you give (ties may come in either order)
+        expect_close(probabilities.gather(1, got_ids), values,
+                     f"{what}, the probabilities of the token ids you return (they must be the top-k tokens, "
+                     f"in the order of your probabilities; expected ids {top_ids.tolist()})", atol=1e-5, rtol=1e-4)

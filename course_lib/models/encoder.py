@@ -32,14 +32,15 @@ import torch
 from torch import nn
 
 from course_lib.layers import (Dropout, Embedding, LayerNorm, Linear, activation, gelu, merge_heads,
-                               padding_mask, scaled_dot_product_attention, split_heads)
+                               padding_mask, scaled_dot_product_attention, softmax, split_heads)
 from course_lib.models.base import CourseModel, PretrainedConfig
 
 __all__ = [
     "EncoderConfig", "bert_position_ids", "roberta_position_ids", "BertEmbeddings", "RobertaEmbeddings",
-    "SelfAttention", "SelfOutput", "Attention", "Intermediate", "Output", "Layer", "Encoder", "Pooler",
-    "BertModel", "RobertaModel", "BertLMHead", "RobertaLMHead", "BertForMaskedLM", "RobertaForMaskedLM",
-    "mean_pooling", "sentence_embeddings",
+    "extended_attention_mask", "attention_probs",
+    "SelfAttention", "SelfOutput", "Attention", "Intermediate", "Output", "Layer", "pre_ln_layer_forward",
+    "Encoder", "Pooler", "BertModel", "RobertaModel", "BertLMHead", "RobertaLMHead", "BertForMaskedLM",
+    "RobertaForMaskedLM", "fill_mask_top_k", "mean_pooling", "sentence_embeddings",
 ]
 
 
@@ -162,6 +163,39 @@ class RobertaEmbeddings(BertEmbeddings):
 
 
 # --------------------------------------------------------------------------------------
+# transformers' form of the padding mask: additive, in the scores' dtype
+
+def extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) 1 = token, 0 = padding -> (B, 1, 1, T) of ``dtype``: 0 to attend, ``finfo(dtype).min`` to not.
+
+    What ``transformers`` adds to the attention scores (``get_extended_attention_mask``). Our
+    layers take the boolean ``padding_mask`` instead and fill masked scores with ``-inf``;
+    the softmax gives the same weights either way (``exp`` of a score pushed down by
+    ``finfo.min`` underflows to exactly 0). ``finfo.min`` of the scores' own dtype, not
+    ``-inf``, keeps a row whose keys are all padding finite: adding it leaves equal scores,
+    so such a row gets uniform weights instead of NaN.
+    """
+    keep = padding_mask(attention_mask)  # (B, 1, 1, T) bool, True = attend
+    additive = torch.zeros(keep.shape, dtype=dtype, device=attention_mask.device)
+    return additive.masked_fill(~keep, torch.finfo(dtype).min)  # (B, 1, 1, T)
+
+
+def attention_probs(query: torch.Tensor, key: torch.Tensor, num_heads: int,
+                    additive_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Every head's attention weights from the projected queries and keys, with an additive mask.
+
+    query, key (B, T, C) -> (B, H, T, T): ``softmax(q k^T / sqrt(D) + additive_mask)`` per head,
+    D = C / H. ``SelfAttention`` computes the same weights inside chapter 02's
+    ``scaled_dot_product_attention`` (with the boolean mask).
+    """
+    q, k = split_heads(query, num_heads), split_heads(key, num_heads)  # (B, H, T, D) each
+    scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, H, T, T): D, the head size
+    if additive_mask is not None:
+        scores = scores + additive_mask  # (B, 1, 1, T) broadcasts over heads and queries
+    return softmax(scores, dim=-1)  # each row sums to 1 over the keys
+
+
+# --------------------------------------------------------------------------------------
 # One encoder layer: attention block, then feed-forward block, each "post-LN":
 #     x = LayerNorm(x + dropout(sublayer(x)))
 
@@ -253,6 +287,28 @@ class Layer(nn.Module):
     def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         attention_output = self.attention(hidden_states, mask)  # (B, T, C)
         return self.output(self.intermediate(attention_output), attention_output)  # (B, T, C)
+
+
+def pre_ln_layer_forward(layer: Layer, hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One encoder layer in **pre-LN** order, with the modules of a (post-LN) ``Layer``.
+
+    BERT normalises after each residual sum; GPT-2 and most models since normalise each
+    sublayer's *input* and leave the residual stream untouched::
+
+        post-LN (Layer):  a = LN_1(x + Attn(x));       out = LN_2(a + FFN(a))
+        pre-LN (here):    a = x + Attn(LN_1(x));       out = a + FFN(LN_2(a))
+
+    ``LN_1`` is ``layer.attention.output.LayerNorm``, ``LN_2`` is ``layer.output.LayerNorm``.
+    A roberta-prelayernorm checkpoint (``transformers``' ``RobertaPreLayerNorm``) stores them
+    as ``attention.LayerNorm`` and ``intermediate.LayerNorm``; every other tensor has BERT's
+    name. hidden_states (B, T, C), mask bool (B, 1, 1, T) -> (B, T, C). The output is not
+    normalised: a pre-LN model applies one more LayerNorm after its last layer.
+    """
+    attention = layer.attention
+    heads = attention.self(attention.output.LayerNorm(hidden_states), mask)  # (B, T, C), normalised input
+    attended = hidden_states + attention.output.dropout(attention.output.dense(heads))  # residual: raw x
+    widened = layer.intermediate(layer.output.LayerNorm(attended))  # (B, T, I)
+    return attended + layer.output.dropout(layer.output.dense(widened))  # (B, T, C)
 
 
 class Encoder(nn.Module):
@@ -408,6 +464,23 @@ class RobertaForMaskedLM(CourseModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.lm_head(self.roberta(input_ids, attention_mask, token_type_ids, position_ids))  # (B, T, V)
+
+
+def fill_mask_top_k(head: nn.Module, hidden_states: torch.Tensor, input_ids: torch.Tensor, mask_token_id: int,
+                    k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked-LM head's ``k`` best guesses at every masked position: (probabilities, token ids).
+
+    ``head`` maps hidden states to vocabulary scores (``RobertaLMHead``, ``BertLMHead``);
+    hidden_states (B, T, C) are the encoder's output for ``input_ids`` (B, T). The M positions
+    where ``input_ids == mask_token_id`` are taken in reading order (row by row, left to
+    right), and only they go through the head: its decoder is a (V, C) matrix, so scoring
+    all B * T positions would cost T times as much for a one-mask sentence.
+    Returns probabilities (M, k), highest first, and their token ids (M, k) int64.
+    """
+    masked = hidden_states[input_ids == mask_token_id]  # (M, C), boolean indexing keeps reading order
+    probabilities = softmax(head(masked), dim=-1)  # (M, V)
+    best = probabilities.topk(k, dim=-1)  # sorted, highest first
+    return best.values, best.indices
 
 
 # --------------------------------------------------------------------------------------
