@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 from pathlib import Path
 
@@ -107,4 +108,30 @@ def _raised_in_tests(err: BaseException) -> bool:
         if Path(code.co_filename).resolve().parent == here and code.co_name != "assert_wrong_answer_fails":
             return True
         tb = tb.tb_next
+    return False
+
+
+# ------------------------------------------------------------------ answers shown or hinted
+
+def plain_value(value: ast.AST) -> bool:
+    """A name, a constant or an attribute of one (``config.hidden_size``): no computation."""
+    while isinstance(value, ast.Attribute):
+        value = value.value
+    return isinstance(value, (ast.Name, ast.Constant))
+
+
+def trivial_statement(node: ast.stmt) -> bool:
+    """Boilerplate that says nothing about how to compute the answer: ``return q, scale``,
+    ``C = config.hidden_size``, ``super().__init__()``."""
+    if isinstance(node, ast.Return):
+        if node.value is None:
+            return True
+        parts = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+        return all(isinstance(p, ast.Name) for p in parts)
+    if isinstance(node, ast.Assign):
+        return plain_value(node.value)
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        func = node.value.func
+        return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call) and \
+            isinstance(func.value.func, ast.Name) and func.value.func.id == "super"
     return False

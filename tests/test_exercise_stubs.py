@@ -21,35 +21,12 @@ import pytest
 from course_lib import exercise_stubs
 from course_lib.grading import registry
 from course_lib.paths import course_root
+from helpers import trivial_statement
 
 ROOT = course_root()
 SOLUTIONS = sorted((ROOT / "solutions").glob("ex[0-9][0-9]_*.py"))
 HAS_SOLUTIONS = bool(SOLUTIONS)
 maintainers_only = pytest.mark.skipif(not HAS_SOLUTIONS, reason="a learner hand-out has no solutions/")
-
-
-def _plain(value: ast.AST) -> bool:
-    """A name, a constant or an attribute of one (``config.hidden_size``): no computation."""
-    while isinstance(value, ast.Attribute):
-        value = value.value
-    return isinstance(value, (ast.Name, ast.Constant))
-
-
-def _trivial(node: ast.stmt) -> bool:
-    """Boilerplate that says nothing about how to compute the answer: ``return q, scale``,
-    ``C = config.hidden_size``, ``super().__init__()``."""
-    if isinstance(node, ast.Return):
-        if node.value is None:
-            return True
-        parts = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
-        return all(isinstance(p, ast.Name) for p in parts)
-    if isinstance(node, ast.Assign):
-        return _plain(node.value)
-    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
-        func = node.value.func
-        return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call) and \
-            isinstance(func.value.func, ast.Name) and func.value.func.id == "super"
-    return False
 
 
 def public_functions(source: str) -> dict[str, ast.FunctionDef]:
@@ -66,7 +43,7 @@ def statements(fn: ast.FunctionDef, source: str) -> list[str]:
     for node in body:
         for sub in ast.walk(node):
             if isinstance(sub, ast.stmt) and not isinstance(sub, (ast.If, ast.For, ast.While, ast.With, ast.Try)) \
-                    and not _trivial(sub):
+                    and not trivial_statement(sub):
                 text = "".join(lines[sub.lineno - 1][sub.col_offset:].split()) if sub.lineno == sub.end_lineno \
                     else ""
                 if len(text) >= 14:

@@ -25,6 +25,7 @@ import pytest
 
 from course_lib.grading import registry
 from course_lib.paths import course_root
+from helpers import trivial_statement
 
 ROOT = course_root()
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -60,30 +61,6 @@ def shown_text(cell: dict) -> str:
     return output_text(cell)
 
 
-def _plain(value: ast.AST) -> bool:
-    """A name, a constant or an attribute of one (``config.hidden_size``): no computation."""
-    while isinstance(value, ast.Attribute):
-        value = value.value
-    return isinstance(value, (ast.Name, ast.Constant))
-
-
-def _trivial(node: ast.stmt) -> bool:
-    """Boilerplate that says nothing about how to compute the answer: ``return q, scale``,
-    ``C = config.hidden_size``, ``super().__init__()``."""
-    if isinstance(node, ast.Return):
-        if node.value is None:
-            return True
-        parts = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
-        return all(isinstance(p, ast.Name) for p in parts)
-    if isinstance(node, ast.Assign):
-        return _plain(node.value)
-    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
-        func = node.value.func
-        return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call) and \
-            isinstance(func.value.func, ast.Name) and func.value.func.id == "super"
-    return False
-
-
 def body_statements(code: str) -> set[str]:
     """Single-line statements of every function body in ``code``, whitespace removed."""
     tree = ast.parse(textwrap.dedent(code))
@@ -96,7 +73,7 @@ def body_statements(code: str) -> set[str]:
         for node in body:
             for sub in ast.walk(node):
                 if isinstance(sub, ast.stmt) and sub.lineno == sub.end_lineno and not isinstance(
-                        sub, (ast.If, ast.For, ast.While, ast.With, ast.Try)) and not _trivial(sub):
+                        sub, (ast.If, ast.For, ast.While, ast.With, ast.Try)) and not trivial_statement(sub):
                     text = "".join(lines[sub.lineno - 1][sub.col_offset:].split())
                     text = re.sub(r"#.*$", "", text)
                     if len(text) >= MIN_STATEMENT:

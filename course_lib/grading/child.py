@@ -154,7 +154,7 @@ class Refuser:
         return inner
 
 
-def _resolve_owner(dotted: str):
+def resolve_owner(dotted: str):
     """(owner object, attribute name) for 'torch.nn.functional.gelu', 'torch.Tensor.softmax',
     'torch.ops.aten.gelu'; None if it does not exist in this torch."""
     import importlib
@@ -177,7 +177,7 @@ def _resolve_owner(dotted: str):
 
 def install_refusers(names: list, message_for) -> None:
     for name in names:
-        found = _resolve_owner(name)
+        found = resolve_owner(name)
         if found is None:
             continue
         owner, attr = found

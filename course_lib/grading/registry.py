@@ -48,6 +48,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from course_lib.grading.child import resolve_owner
+
 
 class GradeError(AssertionError):
     """A learner's answer is wrong. The message is shown to the learner as is."""
@@ -318,25 +320,6 @@ def expect_tensors(out: Any, n: int, what: str, names: str = "") -> tuple:
         raise GradeError(f"{what}: expected a tuple of {n} tensors{' ' + names if names else ''}, got {shown}")
     return tuple(expect_tensor(t, f"{what}, item {i} of the tuple") for i, t in enumerate(out))
 
-def _resolve_owner(dotted: str):
-    """(owner, attribute) for "torch.nn.functional.gelu", "torch.Tensor.softmax", "torch._C._nn.gelu";
-    None when this torch has no such name."""
-    parts = dotted.split(".")
-    for split in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:split]))
-        except ImportError:
-            continue
-        try:
-            for part in parts[split:-1]:
-                obj = getattr(obj, part)
-            getattr(obj, parts[-1])
-        except (AttributeError, RuntimeError):
-            return None
-        return obj, parts[-1]
-    return None
-
-
 @contextlib.contextmanager
 def forbid(*dotted_names: str, instead: str = ""):
     """While active, calling any of ``dotted_names`` (e.g. ``"torch.nn.functional.layer_norm"``,
@@ -351,7 +334,7 @@ def forbid(*dotted_names: str, instead: str = ""):
     patched = []
     try:
         for name in expand_shortcuts(dotted_names):
-            found = _resolve_owner(name)
+            found = resolve_owner(name)
             if found is None:
                 continue
             owner, attr = found
