@@ -154,7 +154,7 @@ class TimingReport:
         repeats = len(next(iter(self.seconds.values())))
         text = f"({repeats} interleaved repeats, {self.threads} thread{'s' if self.threads != 1 else ''}"
         if self.load is not None:
-            text += f"; other programs kept {self.load:.1f} of {self.cpus} CPU{'s' if self.cpus != 1 else ''} busy"
+            text += f"; load {self.load:.1f} on {self.cpus} CPU{'s' if self.cpus != 1 else ''}"
         text += ")"
         if self.busy:
             worst = max(self.seconds, key=self.spread)

@@ -44,7 +44,7 @@ def test_the_note_says_when_numbers_may_not_mean_much(monkeypatch):
     noisy = timing.TimingReport({"a": [0.010, 0.020, 0.030]}, threads=2, load=0.1, cpus=2)
     assert noisy.busy and "looks busy" in noisy.note() and "'a'" in noisy.note()
     loaded = timing.TimingReport({"a": [0.010, 0.0101, 0.0102]}, threads=1, load=1.9, cpus=2)
-    assert loaded.busy and "1.9 of 2 CPUs" in loaded.note()
+    assert loaded.busy and "load 1.9 on 2 CPUs" in loaded.note()
 
 
 def test_ratios_tables_and_rates():
