@@ -55,6 +55,9 @@ ASSETS: dict[str, Asset] = {asset.name: asset for asset in (
                           "layout",
              ("config.json", "model.safetensors", "tokenizer.json", "README.md"),
              install=f"{_REINSTALL}, or retrain it: python -m course_lib.train_tiny"),
+    _shipped("sms-spam", "the SMS Spam Collection v.1: 5,574 English text messages labelled ham/spam by people, "
+                         "CC BY 4.0 (478 KB); chapter 08's labelled set (split by course_lib.classification_data)",
+             ("SMSSpamCollection", "LICENSE.txt", "README.md")),
     _shipped("minilm-reference", "activations of transformers' BertModel on all-MiniLM-L6-v2 for two sentences "
                                  "(chapter 04 compares with them)", ("activations.safetensors", "README.md")),
     _shipped("tiny-gpt2-reference", "outputs of transformers' GPT2LMHeadModel on the tiny GPT-2 for two prompts "
