@@ -371,6 +371,7 @@ class LoadReport:
     mismatched: list[tuple[str, str, tuple, tuple]] = dataclasses.field(default_factory=list)
     # (our key, checkpoint key, our shape, checkpoint shape)
     transposed: set[str] = dataclasses.field(default_factory=set)  # our keys the file stores as (in, out)
+    initialised: list[str] = dataclasses.field(default_factory=list)  # a new task head's keys (not in the file)
 
     @property
     def ok(self) -> bool:
@@ -406,6 +407,8 @@ class LoadReport:
         for why, keys in by_reason.items():
             shown = ", ".join(keys[:3]) + (f", ... ({len(keys)} keys)" if len(keys) > 3 else "")
             lines.append(f"  skipped ({why}): {shown}")
+        if self.initialised:
+            lines.append(f"  initialised (a new head, not in the file: train it): {', '.join(self.initialised)}")
         if not self.ok:
             lines.append(self.problems())
         return "\n".join(lines)

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from course_lib import hub, quantization
-from course_lib.checkpoint import (BIN_FILES, CheckpointError, CheckpointReader, StateDictMismatchError,
-                                   check_fully_loaded, load_state, match_keys, weight_files)
-from course_lib.models import TASKS, CourseModel, PretrainedConfig, config_from_dict, model_class
+from course_lib.checkpoint import (BIN_FILES, CheckpointError, CheckpointReader, LoadReport, StateDictMismatchError,
+                                   assign_tensor, check_fully_loaded, load_state, match_keys, weight_files)
+from course_lib.models import (CLASSIFICATION_TASKS, TASKS, CourseModel, PretrainedConfig, config_from_dict,
+                               model_class, task_of_architecture)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16}
@@ -105,15 +106,86 @@ def _asset_names() -> set[str]:
     return set(ASSETS)
 
 
+def _head_keys(model: CourseModel) -> dict[str, list[str]]:
+    """{head module: its parameter names} for the task head's modules (``model.head_modules``)."""
+    names = [k for k in model.state_dict(keep_vars=True) if k not in getattr(model, "tied_weights", {})]
+    return {m: [k for k in names if k.startswith(m + ".")] for m in getattr(model, "head_modules", ())}
+
+
+def _new_head_keys(model: CourseModel, report: LoadReport, replace_mismatched: bool) -> list[str]:
+    """The head modules a new head initialises: those the file has none of (every key missing) and, with
+    ``replace_mismatched``, those whose file tensors have other shapes (a head for other classes)."""
+    unusable = set(report.missing) | ({ours for ours, *_ in report.mismatched} if replace_mismatched else set())
+    return [k for keys in _head_keys(model).values() if keys and set(keys) <= unusable for k in keys]
+
+
+def init_new_head(model: CourseModel, keys: list[str], dtype: torch.dtype, device=None) -> None:
+    """Fill ``keys`` (a new task head's parameters) as ``transformers``' ``_init_weights`` does for a Linear:
+    weights N(0, ``initializer_range``), biases 0. Draws from torch's global RNG: seed it first."""
+    std = getattr(model.config, "initializer_range", 0.02)
+    for key in keys:
+        shape = tuple(model.get_parameter(key).shape)
+        tensor = torch.zeros(shape, dtype=dtype, device=device)
+        if key.endswith(".weight"):
+            tensor.normal_(mean=0.0, std=std)
+        assign_tensor(model, key, tensor)
+
+
+def _check_head_task(config: PretrainedConfig, task: str, checkpoint_keys, folder: Path) -> None:
+    """Refuse to read a file's classification head as another task's head (same key, another meaning).
+
+    BERT's sequence and token heads are both ``classifier.weight`` (num_labels, C): only
+    config.json's ``architectures`` tells which one a file holds.
+    """
+    if task not in CLASSIFICATION_TASKS:
+        return
+    names = config.extra.get("architectures") or []
+    saved = task_of_architecture(names[0]) if names else None
+    has_head = any(k.startswith("classifier.") for k in checkpoint_keys)
+    if saved in CLASSIFICATION_TASKS and saved != task and has_head:
+        raise CheckpointError(
+            f"{folder}/config.json says these weights are a {names[0]}: its 'classifier' is a {saved} head, and "
+            f"task={task!r} would read it as a {task} head, a different layer with the same key. Load it with "
+            f"task={saved!r}; for its encoder alone use task='base'")
+
+
+def _head_hint(model: CourseModel, report: LoadReport, config: PretrainedConfig, task: str) -> str:
+    """One more paragraph for the strict-loading error when the trouble is the task head."""
+    if task not in CLASSIFICATION_TASKS:
+        return ""
+    head = [k for keys in _head_keys(model).values() for k in keys]
+    absent = [k for k in head if k in report.missing]
+    if absent and set(report.missing) <= set(head):
+        return (f"\nThe file has no {task} head ({', '.join(absent)} missing): it holds a model without one, "
+                f"such as a pretrained encoder. To fine-tune it, name the classes and a new head is initialised: "
+                f"load_model(src, task={task!r}, id2label={{0: 'negative', 1: 'positive'}}) or num_labels=2 "
+                f"(call torch.manual_seed first for the same head every run).")
+    wrong = [(ours, a, b) for ours, _, a, b in report.mismatched if ours in head]
+    if wrong:
+        ours, a, b = wrong[0]
+        return (f"\nThe head in the file predicts {b[0]} classes ({ours} {tuple(b)}), but the config says "
+                f"num_labels={config.num_labels} ({tuple(a)}). Leave num_labels/id2label out to use the file's head "
+                f"as it is; to train a head for your classes instead, add strict=False: the file's head is then "
+                f"replaced by a new one (listed in model.load_report.initialised).")
+    return ""
+
+
 def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=None, quantize: str | None = None,
-               *, revision: str | None = None, strict: bool = True) -> CourseModel:
+               *, revision: str | None = None, strict: bool = True, num_labels: int | None = None,
+               id2label: dict[int, str] | list[str] | None = None) -> CourseModel:
     """Our model for ``src`` with its published weights, in eval mode.
 
     ``src``: a Hub id (``"roberta-base"``, ``"sentence-transformers/all-MiniLM-L6-v2"``), a
     course asset name, or a folder with ``config.json`` and weights.
     ``task``: ``"auto"`` (the architecture's default: ``"base"`` for BERT/RoBERTa,
     ``"causal-lm"`` for GPT-2),
-    ``"base"`` (hidden states), ``"masked-lm"`` or ``"causal-lm"`` (logits).
+    ``"base"`` (hidden states), ``"masked-lm"`` or ``"causal-lm"`` (logits),
+    ``"sequence-classification"`` (logits (B, num_labels)) or ``"token-classification"``
+    (logits (B, T, num_labels)); the classes are config.json's ``id2label``.
+    ``num_labels`` / ``id2label`` (classification only): the classes of the head, as
+    ``from_pretrained`` takes them. When the file has no head (a pretrained encoder to
+    fine-tune), a new one is initialised: weights N(0, initializer_range) from torch's
+    global RNG, biases 0; ``model.load_report.initialised`` lists its keys.
     ``dtype``: ``None`` (float32), ``"auto"`` (as saved), or a float dtype / its name.
     ``quantize``: ``None``, ``"int8"`` (per-channel) or ``"int4"`` (groups of 32 with a zero
     point; also ``"int4-g64"``, ``"int4-g128"``, ``"-sym"`` variants, ``"int8-tensor"``): weight-only,
@@ -127,11 +199,17 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
     """
     if task not in TASKS:  # checked before anything is downloaded
         raise ValueError(f"task={task!r} is not one of {', '.join(map(repr, TASKS))}")
+    labels_given = num_labels is not None or id2label is not None
+    if labels_given and task not in CLASSIFICATION_TASKS:
+        raise ValueError(f"num_labels= and id2label= name the classes of a classification head; task={task!r} has "
+                         f"none: use task='sequence-classification' or 'token-classification'")
     if dtype != "auto":
         resolve_dtype(dtype, None)  # raises for a bad dtype before anything is downloaded
     scheme = _quantize_scheme(quantize)
     folder = model_folder(src, revision)
     config = read_config(folder)
+    if labels_given:
+        config.set_labels(num_labels, id2label)
     dtype = resolve_dtype(dtype, config)
     saved = _saved_scheme(config, folder)
     if saved is not None and scheme not in (None, saved):
@@ -141,6 +219,7 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
     source = f"{src}" if str(src) == str(folder) else f"{src} ({folder})"
     with CheckpointReader.from_folder(folder) as reader:
         shapes = reader.shapes()
+        _check_head_task(config, task, shapes, folder)
         if strict:
             with torch.device("meta"):  # only shapes: every tensor will come from the file
                 model = cls.for_checkpoint(config, shapes)
@@ -149,17 +228,31 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
         if saved is not None:  # the file holds integers and scales: match against the quantized layers
             quantization.quantize_model(model, saved)
         report = match_keys(model, shapes)
+        new_head = _new_head_keys(model, report, replace_mismatched=not strict) if labels_given else []
+        if new_head:
+            if scheme is not None or saved is not None:
+                raise ValueError(f"{source} has no {task} head for these classes, so a new one would start "
+                                 f"untrained: fine-tune it in float first, save_pretrained, then load that folder "
+                                 f"with quantize=")
+            for ours, key, _, _ in [m for m in report.mismatched if m[0] in new_head]:
+                del report.loaded[ours]
+                report.skipped[key] = "a head for other classes: replaced by a new one"
+            report.mismatched = [m for m in report.mismatched if m[0] not in new_head]
+            report.missing = [k for k in report.missing if k not in new_head]
+            report.initialised = new_head
         if strict and not report.ok:
             raise StateDictMismatchError(
                 f"the weights in {source} do not fit {cls.__name__} (task={task!r}):\n{report.problems()}\n"
                 f"Check that the model id and task are right (a bare encoder has no masked-LM head: use "
                 f"task='base'), and that config.json belongs to these weights; strict=False loads anyway "
-                f"and leaves the problems in model.load_report", report)
+                f"and leaves the problems in model.load_report{_head_hint(model, report, config, task)}", report)
         if scheme is not None and saved is None:
             # quantize while loading: the layers are swapped now (still without data) and each
             # one quantizes its weight block by block as it is read; float32 is never whole
             quantization.quantize_model(model, scheme)
         load_state(model, reader, report, dtype=dtype, device=None if scheme or saved else device, source=source)
+        if new_head:
+            init_new_head(model, new_head, dtype, device if strict else None)
     if scheme is not None or saved is not None:
         quantization.use_kernel_layouts(model)  # a no-op for layers quantized while reading
         model.to(device=device, dtype=dtype)  # quantized layers keep their integers and scales, note the dtype

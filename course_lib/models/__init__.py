@@ -4,26 +4,55 @@
 
 - ``"base"``: the bare model, hidden states (B, T, C);
 - ``"masked-lm"``: encoder + masked-LM head, logits (B, T, V);
-- ``"causal-lm"``: decoder + LM head, logits (B, T, V) (GPT-2, chapter 06).
+- ``"causal-lm"``: decoder + LM head, logits (B, T, V) (GPT-2, chapter 06);
+- ``"sequence-classification"``: encoder + classifier on the first token, logits (B, num_labels);
+- ``"token-classification"``: encoder + classifier on every token, logits (B, T, num_labels)
+  (chapter 08; ``num_labels`` and ``id2label`` come from config.json).
 """
 
 from __future__ import annotations
 
 from course_lib.models.base import CourseModel, PretrainedConfig
-from course_lib.models.encoder import (BertForMaskedLM, BertModel, EncoderConfig, RobertaForMaskedLM,
+from course_lib.models.encoder import (BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification,
+                                       BertModel, EncoderConfig, RobertaForMaskedLM,
+                                       RobertaForSequenceClassification, RobertaForTokenClassification,
                                        RobertaModel)
 from course_lib.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
 
-TASKS = ("auto", "base", "masked-lm", "causal-lm")
+TASKS = ("auto", "base", "masked-lm", "causal-lm", "sequence-classification", "token-classification")
+CLASSIFICATION_TASKS = ("sequence-classification", "token-classification")
+
+_BERT = {"base": BertModel, "masked-lm": BertForMaskedLM, "sequence-classification": BertForSequenceClassification,
+         "token-classification": BertForTokenClassification}
+_ROBERTA = {"base": RobertaModel, "masked-lm": RobertaForMaskedLM,
+            "sequence-classification": RobertaForSequenceClassification,
+            "token-classification": RobertaForTokenClassification}
 
 # model_type -> (config class, {task: model class}, task that "auto" means)
 ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, type[CourseModel]], str]] = {
-    "bert": (EncoderConfig, {"base": BertModel, "masked-lm": BertForMaskedLM}, "base"),
-    "roberta": (EncoderConfig, {"base": RobertaModel, "masked-lm": RobertaForMaskedLM}, "base"),
+    "bert": (EncoderConfig, _BERT, "base"),
+    "roberta": (EncoderConfig, _ROBERTA, "base"),
     # XLM-RoBERTa is RoBERTa with a larger (SentencePiece) vocabulary: the same code path
-    "xlm-roberta": (EncoderConfig, {"base": RobertaModel, "masked-lm": RobertaForMaskedLM}, "base"),
+    "xlm-roberta": (EncoderConfig, _ROBERTA, "base"),
     "gpt2": (GPT2Config, {"base": GPT2Model, "causal-lm": GPT2LMHeadModel}, "causal-lm"),
 }
+
+# How transformers' class names end, for each task (config.json's "architectures" says which head a file holds)
+_ARCHITECTURE_SUFFIXES = (("ForSequenceClassification", "sequence-classification"),
+                          ("ForTokenClassification", "token-classification"), ("ForMaskedLM", "masked-lm"),
+                          ("ForPreTraining", "masked-lm"), ("LMHeadModel", "causal-lm"), ("ForCausalLM", "causal-lm"),
+                          ("Model", "base"))
+
+
+def task_of_architecture(name: str | None) -> str | None:
+    """The task of a ``transformers`` class name: "BertForSequenceClassification" -> "sequence-classification".
+
+    None for a name that says no task we know (``BertForQuestionAnswering``) or no name.
+    """
+    for suffix, task in _ARCHITECTURE_SUFFIXES:
+        if isinstance(name, str) and name.endswith(suffix):
+            return task
+    return None
 
 
 def architecture(model_type: str | None, where: str = "config.json"):
@@ -58,6 +87,8 @@ def model_class(config: PretrainedConfig, task: str = "auto") -> type[CourseMode
     return classes[task]
 
 
-__all__ = ["ARCHITECTURES", "TASKS", "CourseModel", "PretrainedConfig", "EncoderConfig", "architecture",
-           "config_from_dict", "model_class", "BertModel", "BertForMaskedLM", "RobertaModel", "RobertaForMaskedLM",
-           "GPT2Config", "GPT2Model", "GPT2LMHeadModel"]
+__all__ = ["ARCHITECTURES", "TASKS", "CLASSIFICATION_TASKS", "CourseModel", "PretrainedConfig", "EncoderConfig",
+           "architecture", "config_from_dict", "model_class", "task_of_architecture", "BertModel", "BertForMaskedLM",
+           "BertForSequenceClassification", "BertForTokenClassification", "RobertaModel", "RobertaForMaskedLM",
+           "RobertaForSequenceClassification", "RobertaForTokenClassification", "GPT2Config", "GPT2Model",
+           "GPT2LMHeadModel"]

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from torch import nn
 
+# transformers' PretrainedConfig.problem_type values (None: decided from the labels' dtype and count)
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
 
 @dataclasses.dataclass
 class PretrainedConfig:
@@ -22,6 +25,12 @@ class PretrainedConfig:
     Subclasses declare the fields the model uses, with the defaults ``transformers`` uses
     when ``config.json`` leaves a field out. Keys the model does not use are kept in
     ``extra`` so that saving writes them back unchanged.
+
+    Keys every architecture may carry (``transformers`` keeps them in its base config too)
+    are read from ``extra`` through properties, so a file that has none of them is saved
+    back byte for byte: the task-head keys ``id2label``, ``label2id``, ``num_labels``,
+    ``problem_type``, ``classifier_dropout`` (chapter 08's classification heads), and
+    ``pruned_heads`` (``course_lib.surgery.prune_heads``).
     """
 
     model_type: str = ""
@@ -39,6 +48,7 @@ class PretrainedConfig:
         extra = {k: v for k, v in values.items() if k not in names}
         config = cls(**known, extra=extra)
         config.validate()
+        config.validate_common()
         return config
 
     @classmethod
@@ -47,6 +57,135 @@ class PretrainedConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field when the values cannot describe a model."""
+
+    def validate_common(self) -> None:
+        """Check the keys every architecture may carry (labels, problem type, pruned heads); ``ValueError`` if wrong."""
+        saved = self.extra.get("id2label")
+        if saved is not None:
+            if not isinstance(saved, dict) or not saved:
+                raise ValueError(f"id2label must be a non-empty {{index: name}} object, got {saved!r}")
+            try:
+                indices = sorted(int(k) for k in saved)
+            except (TypeError, ValueError):
+                raise ValueError(f"id2label's keys must be class indices (\"0\", \"1\", ...), got "
+                                 f"{list(saved)[:5]}") from None
+            if indices != list(range(len(saved))):
+                raise ValueError(f"id2label's keys must be 0 .. {len(saved) - 1} (one per class), got {indices[:10]}")
+            stated = self.extra.get("num_labels")
+            if stated is not None and stated != len(saved):
+                raise ValueError(f"num_labels={stated} disagrees with id2label, which names {len(saved)} classes; "
+                                 f"remove one of the two keys (transformers versions disagree on which one wins: "
+                                 f"5.x renames the classes LABEL_0 ..., 4.x keeps id2label)")
+        stated = self.extra.get("num_labels", 1)
+        if isinstance(stated, bool) or not isinstance(stated, int) or stated < 1:
+            raise ValueError(f"num_labels must be a positive integer, got {stated!r}")
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type={self.problem_type!r} is not one of "
+                             f"{', '.join(map(repr, PROBLEM_TYPES))}")
+        if self.problem_type == "single_label_classification" and self.num_labels == 1:
+            raise ValueError("problem_type='single_label_classification' needs at least 2 labels; for one score "
+                             "per input (a cross-encoder) use problem_type='regression'")
+        self.pruned_heads  # noqa: B018 - reading it checks it
+
+    # ---- the task-head keys (transformers' PretrainedConfig: id2label, label2id, num_labels, problem_type)
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes: ``len(id2label)``, else config.json's ``num_labels``, else 2 (as ``transformers``)."""
+        saved = self.extra.get("id2label")
+        return len(saved) if saved else int(self.extra.get("num_labels", 2))
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """{class index: name}, e.g. {0: "ham", 1: "spam"}; LABEL_0, LABEL_1 ... when config.json names none."""
+        saved = self.extra.get("id2label")
+        if saved:
+            return {int(k): v for k, v in sorted(saved.items(), key=lambda item: int(item[0]))}
+        return {i: f"LABEL_{i}" for i in range(self.num_labels)}
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        """{name: class index}: config.json's, or the inverse of ``id2label``."""
+        saved = self.extra.get("label2id")
+        return {k: int(v) for k, v in saved.items()} if saved else {v: k for k, v in self.id2label.items()}
+
+    @property
+    def problem_type(self) -> str | None:
+        """"regression", "single_label_classification", "multi_label_classification" or None (the loss decides)."""
+        return self.extra.get("problem_type")
+
+    @property
+    def classifier_dropout(self) -> float | None:
+        """Dropout before a classification head; None: the model's ``hidden_dropout_prob``."""
+        return self.extra.get("classifier_dropout")
+
+    def set_labels(self, num_labels: int | None = None, id2label=None) -> None:
+        """Name the classes of a (new) classification head, as ``from_pretrained(num_labels=, id2label=)`` does.
+
+        ``id2label``: {index: name} or a list of names; ``num_labels`` alone gives LABEL_0 ...
+        Both are written to ``extra`` as config.json holds them (string keys), with ``label2id``.
+        """
+        if id2label is not None:
+            names = dict(enumerate(id2label)) if isinstance(id2label, (list, tuple)) else dict(id2label)
+            if num_labels is not None and num_labels != len(names):
+                raise ValueError(f"num_labels={num_labels} but id2label names {len(names)} classes: pass one of them")
+        elif num_labels is not None:
+            if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+                raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
+            names = {i: f"LABEL_{i}" for i in range(num_labels)}
+        else:
+            return
+        self.extra.pop("num_labels", None)
+        self.extra["id2label"] = {str(int(k)): str(v) for k, v in names.items()}
+        self.extra["label2id"] = {str(v): int(k) for k, v in names.items()}
+        self.validate_common()
+
+    # ---- pruned attention heads (course_lib.surgery.prune_heads)
+
+    def _layers_and_heads(self) -> tuple[int, int]:
+        """(number of layers, heads per layer before pruning), whatever the architecture calls them."""
+        for layers, heads in (("num_hidden_layers", "num_attention_heads"), ("n_layer", "n_head")):
+            if hasattr(self, layers):
+                return getattr(self, layers), getattr(self, heads)
+        raise ValueError(f"{type(self).__name__} has no attention heads to prune")
+
+    @property
+    def pruned_heads(self) -> dict[int, list[int]]:
+        """{layer: [heads removed]}, heads numbered as in the unpruned model; {} when nothing was pruned."""
+        saved = self.extra.get("pruned_heads") or {}
+        if not saved:
+            return {}
+        num_layers, num_heads = self._layers_and_heads()
+        out = {}
+        for layer, heads in saved.items():
+            try:
+                layer, heads = int(layer), sorted({int(h) for h in heads})
+            except (TypeError, ValueError):
+                raise ValueError(f"pruned_heads must map layer numbers to lists of head numbers, got "
+                                 f"{layer!r}: {heads!r}") from None
+            if not 0 <= layer < num_layers:
+                raise ValueError(f"pruned_heads names layer {layer}, but the model has layers 0 .. {num_layers - 1}")
+            wrong = [h for h in heads if not 0 <= h < num_heads]
+            if wrong:
+                raise ValueError(f"pruned_heads[{layer}] names heads {wrong}, but a layer has heads 0 .. "
+                                 f"{num_heads - 1}")
+            if len(heads) == num_heads:
+                raise ValueError(f"pruned_heads[{layer}] removes all {num_heads} heads of layer {layer}; the "
+                                 f"course's attention keeps at least one head per layer")
+            if heads:
+                out[layer] = heads
+        return dict(sorted(out.items()))
+
+    def heads_in_layer(self, layer: int) -> int:
+        """Attention heads layer ``layer`` has after pruning."""
+        return self._layers_and_heads()[1] - len(self.pruned_heads.get(layer, ()))
+
+    def add_pruned_heads(self, layer: int, heads) -> None:
+        """Record that ``heads`` of ``layer`` were removed (a union with those removed before)."""
+        merged = self.pruned_heads
+        merged[int(layer)] = sorted(set(merged.get(int(layer), [])) | {int(h) for h in heads})
+        self.extra["pruned_heads"] = {str(k): v for k, v in sorted(merged.items())}  # JSON keys are strings
+        self.pruned_heads  # noqa: B018 - reading it checks it
 
     def to_dict(self) -> dict:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
@@ -66,7 +205,11 @@ class CourseModel(nn.Module):
     - ``unused_checkpoint_prefixes``: heads other tasks use that may sit in a file
       (``cls.seq_relationship.`` in bert-base-uncased); loading skips them, and says so;
     - ``checkpoint_transposed``: key endings that files store transposed, (in, out) for our
-      (out, in): GPT-2's ``Conv1D`` weights. Transposed on load and back on save.
+      (out, in): GPT-2's ``Conv1D`` weights. Transposed on load and back on save;
+    - ``head_modules``: the modules of a task head (``"classifier"``) that ``load_model(...,
+      num_labels=)`` may initialise anew when a file has none (a pretrained encoder to fine-tune);
+    - ``vocab_biases``: output-head biases with one entry per vocabulary token (the masked-LM
+      head's ``cls.predictions.bias``), resized with the embeddings (``course_lib.surgery``).
     """
 
     base_model_prefix = ""
@@ -74,6 +217,8 @@ class CourseModel(nn.Module):
     key_aliases: dict[str, str] = {}
     unused_checkpoint_prefixes: tuple[str, ...] = ()
     checkpoint_transposed: tuple[str, ...] = ()
+    head_modules: tuple[str, ...] = ()
+    vocab_biases: tuple[str, ...] = ()
 
     def __init__(self, config: PretrainedConfig):
         super().__init__()
@@ -84,6 +229,12 @@ class CourseModel(nn.Module):
         """The model to fill from a checkpoint with these keys (a model with optional parts
         overrides this to build the parts the file has)."""
         return cls(config)
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The bare model inside a task model (``model.bert``), or the model itself when it is bare."""
+        inner = getattr(self, self.base_model_prefix, None) if self.base_model_prefix else None
+        return inner if isinstance(inner, nn.Module) else self
 
     @property
     def architecture(self) -> str:
@@ -113,3 +264,15 @@ class CourseModel(nn.Module):
         from course_lib.checkpoint import save_checkpoint
 
         return save_checkpoint(self, folder)
+
+    def resize_token_embeddings(self, new_num_tokens: int) -> nn.Module:
+        """``course_lib.surgery.resize_token_embeddings(self, new_num_tokens)``: returns the input embeddings."""
+        from course_lib.surgery import resize_token_embeddings
+
+        return resize_token_embeddings(self, new_num_tokens)
+
+    def prune_heads(self, heads_to_prune: dict[int, list[int]]) -> None:
+        """``course_lib.surgery.prune_heads(self, heads_to_prune)``: {layer: [heads]} removed in place."""
+        from course_lib.surgery import prune_heads
+
+        prune_heads(self, heads_to_prune)

@@ -41,6 +41,8 @@ __all__ = [
     "SelfAttention", "SelfOutput", "Attention", "Intermediate", "Output", "Layer", "pre_ln_layer_forward",
     "Encoder", "Pooler", "BertModel", "RobertaModel", "BertLMHead", "RobertaLMHead", "BertForMaskedLM",
     "RobertaForMaskedLM", "fill_mask_top_k", "mean_pooling", "sentence_embeddings",
+    "BertForSequenceClassification", "RobertaClassificationHead", "RobertaForSequenceClassification",
+    "BertForTokenClassification", "RobertaForTokenClassification",
 ]
 
 
@@ -317,6 +319,11 @@ class Encoder(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        if config.pruned_heads:  # saved after course_lib.surgery.prune_heads: build the smaller attention blocks
+            from course_lib.surgery import prune_attention_heads
+
+            for layer_idx, heads in config.pruned_heads.items():
+                prune_attention_heads(self.layer[layer_idx].attention, heads, config.num_attention_heads)
 
     def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layer:
@@ -434,6 +441,7 @@ class BertForMaskedLM(CourseModel):
     base_model_prefix = "bert"
     tied_weights = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
     key_aliases = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
+    vocab_biases = ("cls.predictions.bias",)
     unused_checkpoint_prefixes = ("cls.seq_relationship.", "bert.pooler.")
 
     def __init__(self, config: EncoderConfig):
@@ -453,6 +461,7 @@ class RobertaForMaskedLM(CourseModel):
     base_model_prefix = "roberta"
     tied_weights = {"lm_head.decoder.weight": "roberta.embeddings.word_embeddings.weight"}
     key_aliases = {"lm_head.decoder.bias": "lm_head.bias"}
+    vocab_biases = ("lm_head.bias",)
     unused_checkpoint_prefixes = ("roberta.pooler.",)
 
     def __init__(self, config: EncoderConfig):
@@ -464,6 +473,122 @@ class RobertaForMaskedLM(CourseModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.lm_head(self.roberta(input_ids, attention_mask, token_type_ids, position_ids))  # (B, T, V)
+
+
+# --------------------------------------------------------------------------------------
+# Classification heads (chapter 08): hidden states -> one score per class
+#
+# transformers' key names: ``classifier`` is a Linear (C -> num_labels) for BERT's sequence
+# head and for both token heads; RoBERTa's sequence head is a small MLP under the same name,
+# ``classifier.dense`` + tanh + ``classifier.out_proj``, on the <s> token's vector (RoBERTa
+# has no next-sentence task, so no trained pooler to reuse). num_labels, id2label and
+# problem_type come from config.json (``PretrainedConfig.num_labels``).
+
+def classifier_dropout_p(config: EncoderConfig) -> float:
+    """config.json's ``classifier_dropout``, else ``hidden_dropout_prob`` (as ``transformers``)."""
+    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+
+
+class BertForSequenceClassification(CourseModel):
+    """token ids (B, T) -> logits (B, num_labels): the pooler's [CLS] vector (dense + tanh), dropout, ``classifier``.
+
+    ``num_labels = 1`` is a regression / ranking score, e.g. the cross-encoder
+    ``cross-encoder/ms-marco-MiniLM-L6-v2`` that scores (query, passage) pairs.
+    """
+
+    base_model_prefix = "bert"
+    unused_checkpoint_prefixes = ("cls.",)  # a pre-training checkpoint's MLM and next-sentence heads
+    head_modules = ("bert.pooler", "classifier")  # transformers initialises both when the file has neither
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.dropout = Dropout(classifier_dropout_p(config))
+        self.classifier = Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) int64; attention_mask (B, T) 1 = token -> logits (B, num_labels), float."""
+        hidden_states = self.bert(input_ids, attention_mask, token_type_ids, position_ids)  # (B, T, C)
+        pooled = self.bert.pooler(hidden_states)  # (B, C): tanh(dense(h_[CLS]))
+        return self.classifier(self.dropout(pooled))  # (B, num_labels)
+
+
+class RobertaClassificationHead(nn.Module):
+    """``classifier`` of RoBERTa's sequence head: <s> vector, dropout, dense + tanh, dropout, out_proj."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.dropout = Dropout(classifier_dropout_p(config))
+        self.out_proj = Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(hidden_states[:, 0])  # (B, C): the <s> token, RoBERTa's [CLS]
+        x = self.dropout(torch.tanh(self.dense(x)))  # (B, C)
+        return self.out_proj(x)  # (B, num_labels)
+
+
+class RobertaForSequenceClassification(CourseModel):
+    """token ids (B, T) -> logits (B, num_labels) from ``RobertaClassificationHead`` on the <s> token."""
+
+    base_model_prefix = "roberta"
+    unused_checkpoint_prefixes = ("lm_head.", "roberta.pooler.")
+    head_modules = ("classifier.dense", "classifier.out_proj")
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.roberta = RobertaModel(config)
+        self.classifier = RobertaClassificationHead(config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) int64; attention_mask (B, T) 1 = token -> logits (B, num_labels), float."""
+        return self.classifier(self.roberta(input_ids, attention_mask, token_type_ids, position_ids))
+
+
+class BertForTokenClassification(CourseModel):
+    """token ids (B, T) -> logits (B, T, num_labels): dropout, then ``classifier`` on every token's vector.
+
+    Every position gets scores, padding and sub-word pieces included; which positions count
+    (e.g. only the first piece of each word, labels -100 elsewhere) is up to the loss.
+    """
+
+    base_model_prefix = "bert"
+    unused_checkpoint_prefixes = ("cls.", "bert.pooler.")
+    head_modules = ("classifier",)
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.dropout = Dropout(classifier_dropout_p(config))
+        self.classifier = Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) int64; attention_mask (B, T) -> logits (B, T, num_labels), float."""
+        hidden_states = self.bert(input_ids, attention_mask, token_type_ids, position_ids)  # (B, T, C)
+        return self.classifier(self.dropout(hidden_states))  # (B, T, num_labels)
+
+
+class RobertaForTokenClassification(CourseModel):
+    """RoBERTa's token head: the same ``classifier`` on every token, on ``RobertaModel`` (prefix ``roberta.``)."""
+
+    base_model_prefix = "roberta"
+    unused_checkpoint_prefixes = ("lm_head.", "roberta.pooler.")
+    head_modules = ("classifier",)
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.roberta = RobertaModel(config)
+        self.dropout = Dropout(classifier_dropout_p(config))
+        self.classifier = Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) int64; attention_mask (B, T) -> logits (B, T, num_labels), float."""
+        hidden_states = self.roberta(input_ids, attention_mask, token_type_ids, position_ids)  # (B, T, C)
+        return self.classifier(self.dropout(hidden_states))  # (B, T, num_labels)
 
 
 def fill_mask_top_k(head: nn.Module, hidden_states: torch.Tensor, input_ids: torch.Tensor, mask_token_id: int,

@@ -41,8 +41,8 @@ from course_lib.layers import (Dropout, Embedding, LayerNorm, Linear, activation
                                padding_mask, scaled_dot_product_attention, split_heads)
 from course_lib.models.base import CourseModel, PretrainedConfig
 
-__all__ = ["GPT2Config", "GPT2Attention", "GPT2MLP", "GPT2Block", "GPT2Model", "GPT2LMHeadModel",
-           "CONV1D_WEIGHTS", "gpt2_position_ids", "gpt2_attention_mask"]
+__all__ = ["GPT2Config", "GPT2Attention", "PrunedGPT2Attention", "GPT2MLP", "GPT2Block", "GPT2Model",
+           "GPT2LMHeadModel", "CONV1D_WEIGHTS", "gpt2_position_ids", "gpt2_attention_mask"]
 
 # The weights transformers keeps as Conv1D (in, out): transposed to (out, in) on load, back on save.
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -161,6 +161,28 @@ class GPT2Attention(nn.Module):
         return (y, weights) if return_weights else y
 
 
+class PrunedGPT2Attention(GPT2Attention):
+    """``GPT2Attention`` after ``course_lib.surgery.prune_heads``: ``n_head`` heads of D features are left.
+
+    ``c_attn`` then maps C -> 3 * n_head * D (fewer than 3C) and ``c_proj`` n_head * D -> C,
+    so q, k and v are cut at ``n_head * D`` features instead of at C. Everything else is
+    ``GPT2Attention.forward``; the surgery switches an attention block's class to this one.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache=None,
+                return_weights: bool = False):
+        """x (B, T, C); mask bool, broadcastable to (B, H, T, P + T); ``cache``: one layer of a ``KVCache``."""
+        q, k, v = self.c_attn(x).split(self.c_proj.in_features, dim=-1)  # 3 x (B, T, H * D): the kept heads
+        q, k, v = (split_heads(t, self.n_head) for t in (q, k, v))  # 3 x (B, H, T, D)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H, P + T, D)
+        out = self.attention_fn(q, k, v, mask, dropout_p=self.attn_dropout_p, training=self.training,
+                                scale=self.scale, return_weights=return_weights)
+        y, weights = out if return_weights else (out, None)  # y (B, H, T, D)
+        y = self.resid_dropout(self.c_proj(merge_heads(y)))  # (B, T, C)
+        return (y, weights) if return_weights else y
+
+
 class GPT2MLP(nn.Module):
     """Feed-forward: ``c_fc`` C -> 4C, tanh-GELU, ``c_proj`` 4C -> C, dropout."""
 
@@ -207,6 +229,11 @@ class GPT2Model(CourseModel):
         self.drop = Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        if config.pruned_heads:  # saved after course_lib.surgery.prune_heads: build the smaller attention blocks
+            from course_lib.surgery import prune_attention_heads
+
+            for layer_idx, heads in config.pruned_heads.items():
+                prune_attention_heads(self.h[layer_idx].attn, heads, config.n_head)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
