@@ -139,6 +139,14 @@ SHORTCUT_ALIASES: dict[str, tuple[str, ...]] = {
         "torch.ops.aten._scaled_dot_product_attention_math"),
     "torch.nn.functional.rms_norm": ("torch.rms_norm", "torch._C._VariableFunctions.rms_norm",
                                      "torch.ops.aten.rms_norm"),
+    "torch.nn.functional.cross_entropy": ("torch._C._nn.cross_entropy_loss", "torch.ops.aten.cross_entropy_loss"),
+    "torch.nn.functional.nll_loss": ("torch._C._nn.nll_loss", "torch._C._nn.nll_loss_nd", "torch._C._nn.nll_loss2d",
+                                     "torch.ops.aten.nll_loss", "torch.ops.aten.nll_loss_nd"),
+    "torch.optim.AdamW": ("torch.optim.adamw.AdamW", "torch.optim.Adam", "torch.optim.adam.Adam",
+                          "torch.optim.adamw.adamw", "torch.optim.adam.adam", "torch._fused_adamw_"),
+    "torch.nn.utils.clip_grad_norm_": ("torch.nn.utils.clip_grad_norm", "torch.nn.utils.clip_grad.clip_grad_norm_",
+                                       "torch.nn.utils.clip_grads_with_norm_", "torch.nn.utils.get_total_norm",
+                                       "torch.nn.utils.clip_grad.get_total_norm"),
 }
 
 
