@@ -494,3 +494,188 @@ def plot_safetensors_layout(data: bytes, zoom_bytes: int | None = None):
     axes[1].text(data_start, 1.04, f" byte 8 + N = {data_start:,}: data_offsets count from here", ha="left",
                  va="bottom", fontsize=7)
     axes[1].set_xlabel("byte offset in the file", fontsize=8)
+
+
+# --- chapter 08
+
+def plot_bias_correction(beta1: float = 0.9, beta2: float = 0.999, steps: int = 60):
+    """Chapter 08: AdamW's running means for a constant gradient g = 1, with and without bias
+    correction: m and v start at 0, so uncorrected they are far too small for the first steps
+    (v for hundreds of steps); divided by 1 - beta^t they are exactly 1 from step 1. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    t = np.arange(1, steps + 1)
+    fig, ax = plt.subplots(figsize=(7, 3.0))
+    for beta, name, colour in ((beta1, "m", "tab:blue"), (beta2, "v", "tab:orange")):
+        raw = 1 - beta ** t  # the running mean of g = 1 (or g² = 1) after t steps from 0
+        ax.plot(t, raw, color=colour, label=f"{name} (beta = {beta:g}), raw")
+        ax.plot(t, raw / (1 - beta ** t), color=colour, ls="--", label=f"{name} / (1 - beta^t)")
+    ax.set_xlabel("step t")
+    ax.set_ylabel("running mean of g = 1")
+    ax.set_ylim(0, 1.1)
+    ax.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+
+
+def plot_lr_schedules(curves: dict[str, tuple[Sequence[int], Sequence[float]]], log: bool = False):
+    """Chapter 08: learning rate against the optimizer step, one line per schedule
+    ``{name: (steps, lrs)}``. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves), 3.0), squeeze=False)
+    for ax, (name, (steps, lrs)) in zip(axes[0], curves.items()):
+        ax.plot(steps, lrs, color="tab:blue")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+        if log:
+            ax.set_yscale("log")
+        else:
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    axes[0, 0].set_ylabel("learning rate")
+    fig.tight_layout()
+
+
+def plot_grad_norms(steps: Sequence[int], norms: Sequence[float], max_norm: float, title: str = "gradient norm"):
+    """Chapter 08: the global gradient norm of each step (before clipping) with the clipping
+    threshold; the steps above it were scaled down to it. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    steps, norms = np.asarray(steps), np.asarray(norms, dtype=float)
+    above = norms > max_norm
+    fig, ax = plt.subplots(figsize=(7, 3.0))
+    ax.plot(steps, norms, lw=0.8, color="tab:blue", label="global norm before clipping")
+    ax.plot(steps[above], norms[above], "o", ms=3, color="tab:red", label=f"clipped ({int(above.sum())} of {len(norms)} steps)")
+    ax.axhline(max_norm, color="tab:red", ls="--", lw=1, label=f"max_norm = {max_norm:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("‖g‖ (log scale)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+
+
+def plot_training_runs(runs: dict[str, dict], metric: str = "macro_f1", metric_label: str = "validation macro-F1"):
+    """Chapter 08: fine-tuning runs side by side: the training loss per step (left, log scale)
+    and the validation metric at each evaluation (right), the kept step marked.
+
+    ``runs``: ``{name: history}`` with ``"step"``, ``"loss"``, ``"eval_step"``, ``metric`` (or
+    ``"eval": {metric: ...}``) and optionally ``"best_step"``: lists of numbers as
+    ``course_lib.training.train``'s history holds them. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.3))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (name, run), colour in zip(runs.items(), colours):
+        loss = np.asarray(run["loss"], dtype=float)
+        left.plot(run["step"], loss, lw=0.5, alpha=0.35, color=colour)
+        if len(loss) >= 10:  # a moving average over 10 steps shows the trend through the batch noise
+            smooth = np.convolve(loss, np.ones(10) / 10, mode="valid")
+            left.plot(np.asarray(run["step"])[9:], smooth, lw=1.5, color=colour, label=name)
+        else:
+            left.plot(run["step"], loss, lw=1.5, color=colour, label=name)
+        values = run[metric] if metric in run else run["eval"][metric]  # a train() history keeps them under "eval"
+        right.plot(run["eval_step"], values, "o-", ms=3, color=colour, label=name)
+        if run.get("best_step"):
+            right.axvline(run["best_step"], color=colour, ls=":", lw=1)
+    left.set_yscale("log")
+    left.set_xlabel("step")
+    left.set_ylabel("training loss (10-step mean)")
+    left.legend(fontsize=8)
+    right.set_xlabel("step")
+    right.set_ylabel(metric_label)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+
+
+def plot_confusion_matrices(matrices: dict[str, Sequence[Sequence[int]]], labels: Sequence[str]):
+    """Chapter 08: one confusion matrix per model (rows: the true class, columns: the
+    predicted one), counts written in the cells. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(matrices), figsize=(2.9 * len(matrices), 2.9), squeeze=False)
+    for ax, (name, matrix) in zip(axes[0], matrices.items()):
+        m = np.asarray(matrix)
+        rates = m / np.maximum(m.sum(axis=1, keepdims=True), 1)  # colour: the share of each true class
+        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        for (r, c), n in np.ndenumerate(m):
+            ax.text(c, r, f"{n}", ha="center", va="center", color="white" if rates[r, c] > 0.5 else "black")
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_title(name, fontsize=9)
+    axes[0, 0].set_ylabel("true")
+    fig.tight_layout()
+
+
+def plot_lora_parameters(ranks: Sequence[int], trainable: Sequence[int], full: int, title: str = ""):
+    """Chapter 08: trainable parameters of LoRA against its rank, beside full fine-tuning's
+    (log scale), each bar labelled with its share of full. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.0))
+    names = [f"r = {r}" for r in ranks] + ["full"]
+    values = list(trainable) + [full]
+    bars = ax.bar(names, values, color=["tab:green"] * len(ranks) + ["tab:grey"])
+    for bar, v in zip(bars, values):
+        share = 100 * v / full
+        ax.text(bar.get_x() + bar.get_width() / 2, v * 1.15, f"{share:.2g} %" if share < 10 else f"{share:.0f} %",
+                ha="center", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylim(top=full * 4)
+    ax.set_ylabel("trainable parameters")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+
+
+def plot_head_slices(num_heads: int, head_dim: int, pruned: Sequence[int] = ()):
+    """Chapter 08: which rows of q, k, v (each (H*D, C)) and which columns of the output
+    projection ((C, H*D)) belong to each head; the pruned heads' slices are hatched. Returns nothing."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    width = num_heads * head_dim
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 4, figsize=(10, 2.8), gridspec_kw={"width_ratios": [1, 1, 1, 1.6]})
+    for ax, name in zip(axes[:3], ("query", "key", "value")):
+        for h in range(num_heads):
+            gone = h in pruned
+            ax.add_patch(Rectangle((0, width - (h + 1) * head_dim), 1, head_dim, facecolor=colours(h % 10),
+                                   alpha=0.25 if gone else 0.8, hatch="xx" if gone else None, edgecolor="white"))
+            ax.text(0.5, width - (h + 0.5) * head_dim, f"head {h}" + (" (pruned)" if gone else ""), ha="center",
+                    va="center", fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, width)
+        ax.set_xticks([])
+        ax.set_yticks([0, width], [f"{width}", "0"])
+        ax.set_title(f"{name}.weight rows", fontsize=9)
+    ax = axes[3]
+    for h in range(num_heads):
+        gone = h in pruned
+        ax.add_patch(Rectangle((h * head_dim, 0), head_dim, 1, facecolor=colours(h % 10), alpha=0.25 if gone else 0.8,
+                               hatch="xx" if gone else None, edgecolor="white"))
+        ax.text((h + 0.5) * head_dim, 0.5, f"{h}", ha="center", va="center", fontsize=8)
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, 1)
+    ax.set_yticks([])
+    ax.set_xticks([0, width])
+    ax.set_title("output.dense.weight columns", fontsize=9)
+    fig.tight_layout()
+
+
+def plot_pruning_cost(ks: Sequence[int], curves: dict[str, Sequence[float]], ylabel: str,
+                      total_heads: int | None = None, reference: float | None = None, title: str = ""):
+    """Chapter 08: a score against the number of heads pruned, one line per way of choosing
+    them (e.g. least important first vs at random); ``reference`` draws the unpruned model's
+    score. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for name, values in curves.items():
+        ax.plot(ks, values, "o-", ms=3, label=name)
+    if reference is not None:
+        ax.axhline(reference, color="0.6", ls="--", lw=1, label="unpruned")
+    ax.set_xlabel("heads pruned" + (f" (of {total_heads})" if total_heads else ""))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()

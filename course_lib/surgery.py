@@ -34,7 +34,7 @@ from course_lib.models.encoder import Attention, BertModel
 from course_lib.models.gpt2 import GPT2Attention, GPT2Model, PrunedGPT2Attention
 
 __all__ = ["input_embeddings", "mean_resized_rows", "resize_token_embeddings", "attention_blocks", "kept_features",
-           "prune_linear", "prune_attention_heads", "prune_heads", "mask_heads", "head_importance",
+           "prune_linear", "prune_attention_heads", "prune_attention_state", "prune_heads", "mask_heads", "head_importance",
            "least_important_heads"]
 
 # Where a bare model keeps its token embeddings: BERT/RoBERTa, GPT-2
@@ -218,6 +218,63 @@ def prune_attention_heads(block: nn.Module, heads: Iterable[int], num_heads: int
         raise TypeError(f"cannot prune heads of a {type(block).__name__}")
     prune_linear(projection, index, dim=1)
     block.pruned_heads = pruned | new
+
+
+# The tensors of one attention block that hold heads: (rows of the projections into heads,
+# columns of the projection back out), in the course's module names (a block's state_dict())
+_ENCODER_HEAD_ROWS = ("self.query.weight", "self.query.bias", "self.key.weight", "self.key.bias",
+                      "self.value.weight", "self.value.bias")
+_ENCODER_HEAD_COLUMNS = ("output.dense.weight",)
+_GPT2_HEAD_ROWS = ("c_attn.weight", "c_attn.bias")
+_GPT2_HEAD_COLUMNS = ("c_proj.weight",)
+
+
+def prune_attention_state(state: dict[str, torch.Tensor], heads: Iterable[int], num_heads: int
+                          ) -> dict[str, torch.Tensor]:
+    """One attention block's tensors with ``heads`` removed: a new dict, ``state`` unchanged.
+
+    The same rows and columns ``prune_attention_heads`` removes from the modules, on plain
+    tensors: ``state`` is an attention block's ``state_dict()`` in the course's names,
+
+    - encoder (``Attention``): ``self.query.weight`` / ``self.key.weight`` / ``self.value.weight``
+      (H*D, C) and their biases (H*D,), ``output.dense.weight`` (C, H*D), ``output.dense.bias``
+      (C,), ``output.LayerNorm.*``;
+    - GPT-2 (``GPT2Attention``, weights stored (out, in)): ``c_attn.weight`` (3*H*D, C) holding
+      q, k and v one after the other, ``c_attn.bias`` (3*H*D,), ``c_proj.weight`` (C, H*D),
+      ``c_proj.bias`` (C,).
+
+    ``heads``: numbers 0 .. ``num_heads`` - 1 of the heads ``state`` holds now (no earlier
+    pruning). Head h owns features h*D .. (h+1)*D - 1 of q, k and v and the same input columns
+    of the output projection; the other tensors (output bias, LayerNorm) do not depend on
+    heads and come back as copies. Every returned tensor is contiguous.
+    """
+    drop = {int(h) for h in heads}
+    wrong = sorted(h for h in drop if not 0 <= h < num_heads)
+    if wrong:
+        raise ValueError(f"heads {wrong} do not exist: the block has heads 0 .. {num_heads - 1}")
+    if len(drop) == num_heads:
+        raise ValueError(f"removing all {num_heads} heads would leave the block with no attention; keep at least one")
+    fused = "c_attn.weight" in state
+    row_keys, column_keys = (_GPT2_HEAD_ROWS, _GPT2_HEAD_COLUMNS) if fused else \
+        (_ENCODER_HEAD_ROWS, _ENCODER_HEAD_COLUMNS)
+    absent = [k for k in (*row_keys, *column_keys) if k not in state]
+    if absent:
+        raise KeyError(f"the state has no {absent}: pass an attention block's state_dict() (encoder: self.query, "
+                       f"self.key, self.value, output.dense; GPT-2: c_attn, c_proj)")
+    inner = state[column_keys[0]].shape[1]  # H * D: the projections' width into the heads
+    if inner % num_heads:
+        raise ValueError(f"{column_keys[0]} has {inner} input columns, not a multiple of num_heads={num_heads}")
+    columns = kept_features(set(), drop, num_heads, inner // num_heads)  # (H' * D,) features that stay
+    rows = torch.cat([columns + part * inner for part in range(3)]) if fused else columns  # q, k, v thirds
+    pruned = {}
+    for key, tensor in state.items():
+        if key in row_keys:
+            pruned[key] = tensor.index_select(0, rows.to(tensor.device)).contiguous()
+        elif key in column_keys:
+            pruned[key] = tensor.index_select(1, columns.to(tensor.device)).contiguous()
+        else:
+            pruned[key] = tensor.clone()
+    return pruned
 
 
 def _check_heads_argument(heads_by_layer: dict, num_layers: int) -> dict[int, list[int]]:

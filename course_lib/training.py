@@ -42,7 +42,7 @@ from torch import nn
 from course_lib.checkpoint import tied_groups, write_atomic
 
 __all__ = [
-    "log_softmax", "cross_entropy",
+    "log_softmax", "cross_entropy", "label_smoothed_cross_entropy",
     "AdamW", "NO_DECAY", "weight_decay_groups",
     "warmup_cosine_lr", "WarmupCosineSchedule",
     "global_grad_norm", "clip_grad_norm_",
@@ -117,6 +117,36 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     if reduction == "sum":
         return nll.sum()
     return nll.sum() / counted.sum()  # mean over the counted positions (NaN if there are none)
+
+
+def label_smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float,
+                                 ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy against a softened target: ``1 - smoothing`` on the right class, ``smoothing``
+    spread evenly over all C classes (= ``torch.nn.functional.cross_entropy(..., label_smoothing=)``).
+
+    Per counted position, with log-probabilities ``logp`` (C,) and the right class y::
+
+        loss = (1 - smoothing) * (-logp[y])  +  smoothing * mean_c(-logp[c])
+
+    The second term is the cross-entropy with the uniform distribution: it grows when the
+    model puts (almost) all its probability on one class, so the model is never pushed to
+    infinite confidence (Szegedy et al. 2016). The uniform share includes the right class
+    (the right class gets ``1 - smoothing + smoothing / C`` in all), as in PyTorch.
+    ``smoothing`` in [0, 1]; 0 is ``cross_entropy``. Shapes, dtypes, ``ignore_index`` and
+    ``reduction`` as in ``cross_entropy``: ignored positions count for nothing in either
+    term, and "mean" divides by the number of counted positions.
+    """
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"smoothing={smoothing!r} must be a number in [0, 1] (0.1 is usual; 0 is plain cross-entropy)")
+    hard = cross_entropy(logits, targets, ignore_index, reduction="none")  # (...) checks the inputs; 0 where ignored
+    scores = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    uniform = -log_softmax(scores).mean(dim=-1)  # (...) the cross-entropy with a uniform target
+    mixed = (1.0 - smoothing) * hard + smoothing * uniform.masked_fill(targets == ignore_index, 0.0)
+    if reduction == "none":
+        return mixed
+    if reduction == "sum":
+        return mixed.sum()
+    return mixed.sum() / (targets != ignore_index).sum()  # NaN when nothing counts, as cross_entropy
 
 
 # --------------------------------------------------------------------------------------

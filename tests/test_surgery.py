@@ -26,7 +26,8 @@ from course_lib.fused import fuse
 from course_lib.models.gpt2 import PrunedGPT2Attention
 from course_lib.quantization import quantize_model
 from course_lib.surgery import (attention_blocks, head_importance, input_embeddings, least_important_heads,
-                                mask_heads, prune_heads, resize_token_embeddings)
+                                mask_heads, prune_attention_heads, prune_attention_state, prune_heads,
+                                resize_token_embeddings)
 from helpers import assert_close, randomize_
 
 
@@ -297,6 +298,42 @@ def test_pruned_gpt2_equals_masked_heads(tmp_path):
         assert_close("pruned GPT-2, fused", fuse(reloaded)(ids, mask), pruned, tol=1e-5)
         int8 = load_model(out, quantize="int8")(ids, mask)  # pruned, then quantized while loading
         assert ((int8 - pruned).norm() / pruned.norm()).item() < 0.02
+
+
+# --------------------------------------------------------------------------------------
+# prune_attention_state: the same surgery on plain tensors (chapter 08's stretch exercise)
+
+@pytest.mark.parametrize("arch", ["encoder", "gpt2"])
+@pytest.mark.parametrize("heads", [[0], [3, 1], [2, 0, 1]])
+def test_prune_attention_state_equals_pruning_the_module(bert_cls, arch, heads):
+    if arch == "gpt2":
+        model, num_heads = load_model("tiny-gpt2"), 4
+    else:
+        model, num_heads = load_model(bert_cls.folder, task="sequence-classification"), 6
+    block = attention_blocks(model)[1]
+    state = {k: v.clone() for k, v in block.state_dict().items()}
+    pruned = prune_attention_state(state, heads, num_heads)
+    assert all(torch.equal(state[k], v) for k, v in block.state_dict().items())  # the input is unchanged
+    prune_attention_heads(block, heads, num_heads)
+    after = block.state_dict()
+    assert pruned.keys() == after.keys()
+    for k, v in after.items():
+        assert pruned[k].shape == v.shape and torch.equal(pruned[k], v), k
+        assert pruned[k].is_contiguous()
+
+
+def test_prune_attention_state_errors():
+    state = {k: v.clone() for k, v in attention_blocks(load_model("tiny-gpt2"))[0].state_dict().items()}
+    with pytest.raises(ValueError, match=r"heads \[4\] do not exist"):
+        prune_attention_state(state, [4], 4)
+    with pytest.raises(ValueError, match="all 4 heads"):
+        prune_attention_state(state, [0, 1, 2, 3], 4)
+    with pytest.raises(KeyError, match="c_proj.weight"):
+        prune_attention_state({k: v for k, v in state.items() if k != "c_proj.weight"}, [0], 4)
+    with pytest.raises(ValueError, match="not a multiple"):
+        prune_attention_state(state, [0], 3)
+    same = prune_attention_state(state, [], 4)
+    assert all(torch.equal(same[k], v) for k, v in state.items())
 
 
 # --------------------------------------------------------------------------------------

@@ -150,6 +150,47 @@ def test_cross_entropy_half_precision_is_computed_in_float32():
     assert abs(ours.item() - F.cross_entropy(logits.bfloat16().float(), targets).item()) <= 1e-6
 
 
+@pytest.mark.parametrize("shape", [(13, 7), (3, 5, 11)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.45, 1.0])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+def test_label_smoothed_cross_entropy_equals_torch_values_and_gradients(shape, reduction, smoothing, dtype, tol):
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(shape, generator=g, dtype=dtype) * 4).requires_grad_()
+    targets = torch.randint(0, shape[-1], shape[:-1], generator=g)
+    targets.view(-1)[1::4] = -100  # a quarter ignored
+    ours = tr.label_smoothed_cross_entropy(logits, targets, smoothing, reduction=reduction)
+    ref = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction=reduction,
+                          label_smoothing=smoothing).view(ours.shape)
+    assert ours.shape == ref.shape and ours.dtype == dtype
+    assert (ours - ref).abs().max().item() <= tol * max(1.0, ref.abs().max().item())
+    weights = torch.randn(ours.shape, generator=g, dtype=dtype)
+    g_ours, = torch.autograd.grad((ours * weights).sum(), logits)
+    g_ref, = torch.autograd.grad((ref * weights).sum(), logits)
+    assert (g_ours - g_ref).abs().max().item() <= tol
+
+
+def test_label_smoothed_cross_entropy_edge_cases():
+    logits = torch.tensor([[1e4, 0.0, -1e4], [3.0, 1e4, 2.0], [0.5, 0.1, -0.2]])
+    for ignore in (0, 1, -1):
+        targets = torch.tensor([1, 1, 0])
+        ours = tr.label_smoothed_cross_entropy(logits, targets, 0.2, ignore_index=ignore)
+        ref = F.cross_entropy(logits, targets, ignore_index=ignore, label_smoothing=0.2)
+        assert torch.isfinite(ours) and abs(ours.item() - ref.item()) <= 1e-6 * max(1.0, abs(ref.item()))
+    x = torch.randn(4, 5)
+    t = torch.randint(0, 5, (4,))
+    assert torch.equal(tr.label_smoothed_cross_entropy(x, t, 0.0), tr.cross_entropy(x, t))
+    all_ignored = tr.label_smoothed_cross_entropy(x, torch.full((4,), -100), 0.1)
+    assert math.isnan(all_ignored.item()) and math.isnan(F.cross_entropy(x, torch.full((4,), -100),
+                                                                         label_smoothing=0.1).item())
+    assert tr.label_smoothed_cross_entropy(x.bfloat16(), t, 0.1).dtype == torch.float32
+    for bad in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="smoothing"):
+            tr.label_smoothed_cross_entropy(x, t, bad)
+    with pytest.raises(IndexError, match="target 5"):
+        tr.label_smoothed_cross_entropy(x, torch.full((4,), 5), 0.1)
+
+
 def test_cross_entropy_bad_input_is_a_clear_error():
     logits = torch.randn(2, 5, 7)
     with pytest.raises(ValueError, match=r"\(2, 5, 7\).*\(2, 6\)"):
