@@ -10,6 +10,9 @@ STAMP  := $(VENV)/.course-installed
 # Offline on purpose: nothing in the tests or notebooks may need the network.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 NBVAL   := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+# make test takes minutes: each test file's (and notebook's) line ends with the seconds it took,
+# and the slowest tests are listed at the end.
+SHOW    := -o console_output_style=times --durations=10
 HAVE_SOLUTIONS := $(wildcard solutions/ex*.py)
 # JupyterLab refuses to run as root (containers, some classroom images) unless told it may.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
@@ -25,7 +28,11 @@ help:
 	@echo "make notebooks          maintainers: re-execute every notebook in place"
 	@echo "make stubs              maintainers: write exercises/ from solutions/"
 
-setup: $(STAMP)
+# A VENV outside this folder belongs to another copy of the course (the hand-out test runs
+# `make VENV=<the course's .venv>` inside a temporary hand-out): install into it only if it was
+# never set up, so a temporary copy never takes over that environment's editable course_lib.
+OWN_VENV := $(filter $(CURDIR)/%,$(abspath $(VENV)))
+setup: $(if $(OWN_VENV)$(if $(wildcard $(STAMP)),,missing),$(STAMP))
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "The course needs Python 3.10 or newer (3.11 recommended); run: make PYTHON=python3.11 ...")'
@@ -49,13 +56,15 @@ grade: setup
 test: setup test-unit test-grading test-notebooks
 
 test-unit: setup
-	$(OFFLINE) $(PY) -m pytest tests
+	@echo "== make test 1/3: unit, parity and reliability tests (tests/) =="
+	$(OFFLINE) $(PY) -m pytest $(SHOW) tests
 
 # Maintainers (solutions/ present): the grader has teeth. Solutions score full marks, and the
 # pristine stubs (generated from solutions/ into a temporary folder) score zero.
 # A learner's hand-out (no solutions/): grade the learner's own exercises and show the table;
 # never a failure, whatever they have solved so far.
 test-grading: setup
+	@echo "== make test 2/3: grading your exercises (maintainers: solutions full marks, stubs zero) =="
 ifneq ($(HAVE_SOLUTIONS),)
 	$(OFFLINE) $(PY) -m course_lib.grade --solutions --expect full
 	@stubs=$$(mktemp -d) && trap 'rm -rf "$$stubs"' EXIT && \
@@ -66,7 +75,8 @@ else
 endif
 
 test-notebooks: setup
-	$(OFFLINE) $(PY) -m pytest $(NBVAL) notebooks
+	@echo "== make test 3/3: every notebook re-run and compared with its stored outputs (nbval) =="
+	$(OFFLINE) $(PY) -m pytest $(NBVAL) $(SHOW) notebooks
 
 notebooks: setup
 	for nb in notebooks/*.ipynb; do \

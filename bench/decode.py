@@ -1,6 +1,7 @@
 """Decode benchmark: GPT-2 generation speed, course_lib vs transformers, same weights, same run.
 
-    .venv/bin/python bench/decode.py [--tokens 64] [--repeats 7] [--threads 2] [--prompt-len 16] [--quick]
+    .venv/bin/python bench/decode.py [--tokens 64] [--repeats 7] [--threads 2] [--prompt-len 16] [--ab-steps 150]
+                                     [--quick]
 
 Model: transformers' ``GPT2Config()`` (gpt2, 124M: 12 layers, 768 wide, vocabulary 50257) with
 random weights, made once (seeded) by transformers and written with ``save_pretrained`` into a
@@ -36,6 +37,25 @@ than 4 GB of memory is available), far larger than the caches, timed once in eve
 with the same threads, median. ceiling tokens/s = bandwidth / bytes per token; each
 implementation's decode-step rate is shown as a fraction of it.
 
+What the input checks cost. ``GPT2Model.check_inputs`` runs on every forward call (on
+decoding steps only the checks that read metadata) and ``generate_ids`` checks its arguments
+and the prompt once per call. Measured in the same run, two ways, on course_lib fused (the
+fastest path, where a fixed cost weighs most):
+
+- with vs without: a fourth runner, the same fused model with every check switched off
+  (``check_inputs`` replaced on the instance, ``check_generate_inputs`` patched out), runs
+  right before or after the fused one in every repetition (the order alternates), so each
+  pair meets the same machine load; the median over the pairs of (time with checks / time
+  without) is printed for the whole call and for the decode steps, with the pairs' range.
+  1.000 = no cost; the range shows the machine's noise;
+- decode steps one by one: ``--ab-steps`` single decoding steps with the checks and as many
+  without, alternating step by step within one sequence (the finest interleaving, the most
+  robust to a loaded machine); the ratios of the median and of the fastest step times (on a
+  busy machine the fastest steps are the undisturbed ones);
+- the checks alone: the same calls timed in a loop (one decode step's checks, the
+  prompt's, the per-call argument checks), summed over one generate call and divided by
+  that call's median time.
+
 ``--quick``: 2 layers (same width and vocabulary), 8 tokens, 3 repetitions unless given,
 a 256 MB buffer — a smoke test of the script, not a measurement.
 """
@@ -43,17 +63,20 @@ a 256 MB buffer — a smoke test of the script, not a measurement.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 NAMES = ("transformers", "course_lib", "course_lib fused")
+UNCHECKED = "course_lib fused, input checks off"
 
 
 def available_memory_bytes() -> int:
@@ -136,12 +159,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="2 layers, 8 tokens, 3 repetitions: a smoke test")
+    parser.add_argument("--ab-steps", type=int, default=None,
+                        help="decoding steps timed with and as many without the input checks (default 150; --quick 20)")
     args = parser.parse_args()
     n = args.tokens if args.tokens is not None else (8 if args.quick else 64)
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)
     layers = 2 if args.quick else 12
-    if n < 2 or repeats < 1 or args.prompt_len < 1 or args.threads < 1:
-        parser.error("--tokens must be >= 2; --repeats, --prompt-len and --threads >= 1")
+    args.ab_steps = args.ab_steps if args.ab_steps is not None else (20 if args.quick else 150)
+    if n < 2 or repeats < 1 or args.prompt_len < 1 or args.threads < 1 or args.ab_steps < 1:
+        parser.error("--tokens must be >= 2; --repeats, --prompt-len, --threads and --ab-steps >= 1")
+    if args.prompt_len + 2 * args.ab_steps > 1024:
+        parser.error("--prompt-len + 2 * --ab-steps must fit GPT-2's 1024 positions")
     torch.set_num_threads(args.threads)
 
     from transformers import GPT2LMHeadModel  # the oracle: imported here, never by course_lib
@@ -175,6 +203,12 @@ def main() -> None:
         "course_lib fused": lambda stamps: fused.generate(prompt, n, eos_token_id=[], use_cache=True, stream=stamps),
     }
 
+    def run_unchecked(stamps):
+        with input_checks_off(fused):
+            return fused.generate(prompt, n, eos_token_id=[], use_cache=True, stream=stamps)
+
+    runners[UNCHECKED] = run_unchecked
+
     # the same tokens, and how far the logits are apart
     with torch.inference_mode():
         expected = ref(prompt).logits[0, -1]
@@ -187,9 +221,12 @@ def main() -> None:
     big = torch.ones(buffer_mb * 2**20 // 4)  # touched: every page is really there
     big.sum()
     bandwidth = []  # bytes / second
-    results = {name: [] for name in NAMES}
+    everything = (*NAMES, UNCHECKED)
+    results = {name: [] for name in everything}
     for r in range(repeats):  # interleaved, the order rotating
-        order = NAMES[r % 3:] + NAMES[:r % 3]
+        order = list(NAMES[r % 3:] + NAMES[:r % 3])
+        # the fused model with and without checks back to back (which first alternates): both meet the same load
+        order.insert(order.index("course_lib fused") + r % 2, UNCHECKED)
         for name in order:
             got, t = timed(runners[name], n)
             check_tokens({name: got}, tokens["transformers"])
@@ -242,11 +279,104 @@ def main() -> None:
     print(f"memory-bandwidth ceiling: {bw / 1e9:.1f} GB/s / {per_token['total'] / 1e6:.1f} MB = {ceiling:.1f} tokens/s "
           f"({1e3 / ceiling:.1f} ms/token)")
     print()
+    checked = med["course_lib fused"]
+    pairs = list(zip(results["course_lib fused"], results[UNCHECKED]))  # (with, without), run back to back
+    whole_ratios = [a["total"] / b["total"] for a, b in pairs]
+    step_ratios = [b["decode_rate"] / a["decode_rate"] for a, b in pairs]  # time per step with / without
+    whole, steps = statistics.median(whole_ratios), statistics.median(step_ratios)
+    costs = input_check_costs(fused, prompt, n)
+    steps_ab = interleaved_decode_steps(fused, prompt, args.ab_steps)
+    step_with, step_without = (statistics.median(steps_ab[on]) for on in (True, False))
+    per_call = costs["call"] + costs["prompt"] + (n - 1) * costs["step"]
+    fastest = min(t["total"] for t in results["course_lib fused"]) / min(t["total"] for t in results[UNCHECKED])
+    low_with, low_without = min(steps_ab[True]), min(steps_ab[False])
+    print("input validation (course_lib fused, this run; time with the checks / time without, 1.000 = no cost):")
+    print(f"  the checks alone: {costs['step'] * 1e6:.1f} us per decode step (metadata only), "
+          f"{costs['prompt'] * 1e6:.1f} us at the prompt ({P} tokens: + the ids' range), "
+          f"{costs['call'] * 1e6:.1f} us per call (arguments, prompt): {per_call * 1e6:.0f} us per generate call = "
+          f"{per_call / checked['total']:.4%} of it; {costs['step'] * checked['decode_rate']:.4%} of a decode step")
+    print(f"  decode steps one by one, {args.ab_steps} with and {args.ab_steps} without, alternating: median "
+          f"{step_with * 1e3:.2f} / {step_without * 1e3:.2f} ms = {step_with / step_without:.3f}x, fastest "
+          f"{low_with * 1e3:.2f} / {low_without * 1e3:.2f} ms = {low_with / low_without:.3f}x")
+    print(f"  whole generate calls, with and without back to back, {len(pairs)} pairs: median {whole:.3f}x (decode "
+          f"steps {steps:.3f}x), fastest call {fastest:.3f}x; the pairs range over {min(whole_ratios):.3f} .. "
+          f"{max(whole_ratios):.3f}: the machine's noise, coarser than the effect")
+    print()
     rate = {name: n / med[name]["total"] for name in NAMES}
     print(f"decode ({label}, batch 1, fp32, KV cache): transformers {rate['transformers']:.1f} tok/s, "
           f"course_lib {rate['course_lib']:.1f} ({rate['course_lib'] / rate['transformers']:.2f}x), "
           f"course_lib fused {rate['course_lib fused']:.1f} "
           f"({rate['course_lib fused'] / rate['transformers']:.2f}x); ceiling {ceiling:.1f} tok/s")
+
+
+@contextlib.contextmanager
+def input_checks_off(model):
+    """Within this block ``model`` (a course_lib GPT-2) runs with no input or argument checks at all."""
+    from course_lib import generation
+
+    def nothing(*args, **kwargs):
+        return None
+
+    model.transformer.check_inputs = nothing  # an instance attribute hides the method
+    try:
+        with mock.patch.object(generation, "check_generate_inputs", nothing):
+            yield
+    finally:
+        del model.transformer.check_inputs
+
+
+def interleaved_decode_steps(model, prompt: torch.Tensor, steps: int) -> dict[bool, list[float]]:
+    """Seconds of ``steps`` decoding steps with the input checks and ``steps`` without, one by one, alternating.
+
+    One greedy sequence with a KV cache, fed one token at a time; the checks are switched on or
+    off before each step's timer starts (``check_inputs`` hidden on the instance or not), in the
+    order on, off, off, on, ... so that a slow stretch of the machine hits both alike.
+    """
+    from course_lib.generation import KVCache
+
+    def nothing(*args, **kwargs):
+        return None
+
+    gpt = model.transformer
+    cache = KVCache(gpt.config.n_layer, capacity=prompt.size(1) + 2 * steps)
+    times = {True: [], False: []}
+    with torch.inference_mode():
+        token = model(prompt, kv_cache=cache, last_only=True)[:, -1].argmax(-1, keepdim=True)  # (1, 1)
+        for i in range(2 * steps):
+            checked = i % 4 in (0, 3)
+            if not checked:
+                gpt.check_inputs = nothing
+            start = time.perf_counter()
+            logits = model(token, kv_cache=cache, last_only=True)
+            times[checked].append(time.perf_counter() - start)
+            if not checked:
+                del gpt.check_inputs
+            token = logits[:, -1].argmax(-1, keepdim=True)
+    return times
+
+
+def time_per_call(fn, calls: int = 2000) -> float:
+    """Seconds per call of ``fn()``: the median of 5 loops of ``calls`` calls."""
+    fn()
+    loops = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        loops.append((time.perf_counter() - start) / calls)
+    return statistics.median(loops)
+
+
+def input_check_costs(model, prompt: torch.Tensor, n: int) -> dict[str, float]:
+    """Seconds the checks of one ``generate`` call take: per decode step, at the prompt, and per call."""
+    from course_lib import generation
+
+    step_ids = prompt[:, -1:]  # (1, 1): what a decoding step feeds in
+    per_call = lambda: generation.check_generate_inputs(model, prompt, n, None, temperature=1.0,  # noqa: E731
+                                                        eos_token_id=[])
+    return {"step": time_per_call(lambda: model.transformer.check_inputs(step_ids, None, None, 16, decoding=True)),
+            "prompt": time_per_call(lambda: model.transformer.check_inputs(prompt, None, None, 0, decoding=True)),
+            "call": time_per_call(per_call)}
 
 
 def check_tokens(tokens: dict[str, list[int]], expected: list[int]) -> None:

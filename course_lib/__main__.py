@@ -13,54 +13,96 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 DEFAULT_MODEL = "tiny-gpt2"
 
 
-def _generate(args: argparse.Namespace) -> int:
-    import torch
-
+def _load(model_name: str, device: str | None):
+    """The model (fused kernels) and its tokenizer."""
     from course_lib.fused import fuse
-    from course_lib.generation import generate, print_piece
     from course_lib.loading import load_model
     from course_lib.tokenizer_loading import load_tokenizer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = fuse(load_model(args.model, task="causal-lm", device=args.device))
-    tokenizer = load_tokenizer(args.model)
+    return fuse(load_model(model_name, task="causal-lm", device=device)), load_tokenizer(model_name)
+
+
+def _generate(args: argparse.Namespace, model, tokenizer) -> None:
+    from course_lib.generation import generate, print_piece
+
     print(args.prompt, end="", flush=True)
     generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
              top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream=print_piece)
     print()
-    return 0
+
+
+def _error_line(err: BaseException) -> str:
+    """One line for the user: the message of an error we expect, with the type of any other."""
+    expected = isinstance(err, (OSError, ValueError, TypeError, NotImplementedError))  # HubError, CheckpointError
+    return f"error: {err}" if expected else f"error: {type(err).__name__}: {err}"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+GENERATE_USAGE = ("python -m course_lib generate [-h] [--max-new-tokens N] [--temperature T] [--top-k K] "
+                  "[--top-p P] [--seed SEED] [--device DEVICE] [--threads N] [MODEL] PROMPT")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib", description="Transformers from scratch: tools.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     gen = commands.add_parser("generate", help="generate text from a prompt, streamed as it comes",
+                              usage=GENERATE_USAGE,
                               description="Generate text with a causal language model (greedy unless a "
-                                          "sampling option is given).")
+                                          "sampling option is given). One prompt per call: quote it.")
     gen.add_argument("words", nargs="+", metavar="[MODEL] PROMPT",
                      help=f"an optional model (Hub id, folder or course asset; default {DEFAULT_MODEL}), "
                           f"then the prompt (quote it)")
     gen.add_argument("--max-new-tokens", type=int, default=50, metavar="N")
-    gen.add_argument("--temperature", type=float, default=1.0, help="> 1 flatter, < 1 sharper, 0 greedy")
+    gen.add_argument("--temperature", type=float, default=1.0, metavar="T", help="> 1 flatter, < 1 sharper, 0 greedy")
     gen.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K best tokens")
     gen.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling, 0 < P <= 1")
     gen.add_argument("--seed", type=int, default=None, help="make a sample repeatable (implies sampling)")
     gen.add_argument("--device", default=None, help="cpu, cuda, mps (default: cpu)")
-    gen.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    args = parser.parse_args(argv)
-    if len(args.words) > 2:
-        parser.error(f"expected [MODEL] PROMPT, got {len(args.words)} words: quote the prompt, "
-                     f"e.g. python -m course_lib generate \"The for statement\"")
-    args.model, args.prompt = (DEFAULT_MODEL, *args.words) if len(args.words) == 1 else args.words
+    gen.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="CPU threads for torch")
+    args, extra = parser.parse_known_args(argv)
+    options = [word for word in extra if word.startswith("-")]
+    if options:
+        parser.error(f"unrecognized arguments: {' '.join(options)}")
+    words = args.words + extra  # a word after an option ("MODEL --seed 1 PROMPT") comes back as extra
+    if len(words) > 2:
+        gen.error(f"expected [MODEL] PROMPT, got {len(words)} words: one prompt per call, quoted if it has "
+                  f"spaces, e.g. python -m course_lib generate \"The for statement\"")
+    model_given = len(words) == 2
+    args.model, args.prompt = words if model_given else (DEFAULT_MODEL, *words)
     try:
-        return _generate(args)
-    except (OSError, ValueError, NotImplementedError) as err:  # HubError, CheckpointError, bad options
-        print(f"error: {err}", file=sys.stderr)
+        from course_lib.generation import check_generation_args
+
+        check_generation_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        try:
+            model, tokenizer = _load(args.model, args.device)
+        except (OSError, ValueError) as err:
+            hint = (f" (if {args.model!r} was meant as the start of the prompt, quote the whole prompt: "
+                    f"python -m course_lib generate \"{args.model} {args.prompt}\")") \
+                if model_given and not Path(args.model).exists() else ""
+            print(f"error: {err}{hint}", file=sys.stderr)
+            return 1
+        _generate(args, model, tokenizer)
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - a command line prints one line, never a traceback
+        print(_error_line(err), file=sys.stderr)
         return 1
 
 

@@ -24,16 +24,19 @@ unexpected and wrongly shaped key at once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fnmatch
 import functools
 import json
 import math
 import os
 import pickle
 import re
+import secrets
 import shutil
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -67,6 +70,22 @@ class UnsafeCheckpointError(CheckpointError):
     """A pickle asks to run code or build objects other than tensors: refused before anything ran."""
 
 
+class IncompleteLoadWarning(UserWarning):
+    """``load_model(strict=False)`` left parameters at their random init or ignored tensors of the file."""
+
+
+class CheckpointDtypeError(CheckpointError):
+    """A tensor's dtype cannot fill the parameter it is for (integers, booleans or 8-bit floats into a float weight)."""
+
+
+class CheckpointExistsError(CheckpointError, FileExistsError):
+    """A save would replace another checkpoint's files: refused unless ``overwrite=True``; nothing was written."""
+
+
+class NotAFolderError(CheckpointError, NotADirectoryError):
+    """The destination of a save or a conversion is a file, not a folder; nothing was written."""
+
+
 class StateDictMismatchError(CheckpointError):
     """The checkpoint's tensors do not fit the model (missing, unexpected, or wrongly shaped keys)."""
 
@@ -94,17 +113,62 @@ def weight_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def _shards(index_file: Path) -> list[Path]:
+    """The shard files a ``*.index.json`` names, each checked to lie inside the index's folder."""
     try:
         weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise CorruptCheckpointError(f"{index_file} is not a valid shard index (a JSON object with a "
                                      f"'weight_map'): {err}; {_REDOWNLOAD}") from err
-    files = [index_file.parent / name for name in dict.fromkeys(weight_map.values())]
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CorruptCheckpointError(
+            f"{index_file}: 'weight_map' must be a non-empty JSON object {{tensor name: shard file name}}, found "
+            f"{_describe_json(weight_map)}; {_REDOWNLOAD}")
+    wrong = [(k, v) for k, v in weight_map.items() if not isinstance(v, str) or not v]
+    if wrong:
+        key, value = wrong[0]
+        raise CorruptCheckpointError(
+            f"{index_file}: 'weight_map' must map each tensor name to a shard file name (a string), but "
+            f"{key!r} maps to {_describe_json(value)} ({len(wrong)} such entries); {_REDOWNLOAD}")
+    folder = index_file.parent
+    files = [_shard_path(folder, name, index_file) for name in dict.fromkeys(weight_map.values())]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise CheckpointError(f"{index_file.name} lists shards that are not in {index_file.parent}: "
                               f"{', '.join(missing)}; download every shard (`hf download MODEL`)")
     return files
+
+
+def _describe_json(value) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    shown = repr(value)
+    return f"{names.get(type(value), type(value).__name__)} ({shown[:60]}{'...' if len(shown) > 60 else ''})"
+
+
+def _shard_path(folder: Path, name: str, index_file: Path) -> Path:
+    """``folder / name`` for a shard an index names, refused unless it stays inside ``folder``.
+
+    An index is data from the internet: ``"../other/model.safetensors"``, an absolute path or a
+    link out of the folder would make the loader read (or unpickle) a file the model folder does
+    not hold. The Hub cache is the one layout whose files are links out of their folder: a
+    snapshot's files point into the repository's ``blobs/``, and those are followed.
+    """
+    bad = ("an absolute path" if Path(name).is_absolute() or os.path.isabs(name) or name[1:3] == ":\\"
+           else "a path with '..'" if ".." in Path(name.replace("\\", "/")).parts else None)
+    path = folder / name
+    if bad is None:
+        try:
+            real, inside = path.resolve(), [folder.resolve()]
+        except (OSError, RuntimeError) as err:  # a link loop
+            raise CheckpointError(f"{index_file}: shard {name!r} cannot be resolved ({err}); {_REDOWNLOAD}") from err
+        if folder.resolve().parent.name == "snapshots":  # Hub cache: snapshots/<commit>/x -> ../../blobs/<hash>
+            inside.append(folder.resolve().parent.parent / "blobs")
+        if not path.exists() or any(real.is_relative_to(place) for place in inside):
+            return path
+        bad = f"a link to {real}, outside the folder"
+    raise CheckpointError(f"{index_file} names the shard {name!r}, {bad}: an index may only name files in its own "
+                          f"folder {folder}. The index is damaged or was made to read other files; put the "
+                          f"shards beside the index and name them by file name (model-00001-of-00002.safetensors)")
 
 
 class CheckpointReader:
@@ -123,12 +187,18 @@ class CheckpointReader:
         self._sources: dict[str, tuple[Path, object]] = {}
         self._byte_ranges: dict[str, tuple[int, torch.dtype]] = {}  # safetensors: key -> (first byte, dtype)
         for path in self.files:
-            handle = _open_safetensors(path) if path.suffix == ".safetensors" else _open_bin(path)
-            keys = handle.keys() if path.suffix == ".safetensors" else list(handle)
+            if path.suffix == ".safetensors":
+                ranges = _readable_byte_ranges(path)  # names a dtype the course cannot read, before safe_open
+                handle = _open_safetensors(path)
+                if ranges is None:  # safe_open read a header our parser did not: trust safe_open's view
+                    ranges = _safetensors_byte_ranges(path)
+                self._byte_ranges.update(ranges)
+                keys = handle.keys()
+            else:
+                handle = _open_bin(path)
+                keys = list(handle)
             for key in keys:
                 self._sources[key] = (path, handle)
-            if path.suffix == ".safetensors":
-                self._byte_ranges.update(_safetensors_byte_ranges(path))
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> "CheckpointReader":
@@ -212,9 +282,41 @@ def _open_safetensors(path: Path):
             f"download or copy) or not a safetensors file at all{_lfs_hint(path)}; {_REDOWNLOAD}") from err
 
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
+def _dtype_table() -> dict[str, torch.dtype]:
+    """safetensors dtype names -> torch dtypes, for every one this PyTorch has."""
+    names = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+             "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64", "U32": "uint32", "U16": "uint16",
+             "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+             "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz", "F8_E8M0": "float8_e8m0fnu",
+             "C64": "complex64"}
+    return {name: getattr(torch, attr) for name, attr in names.items() if hasattr(torch, attr)}
+
+
+# Every safetensors dtype this PyTorch can hold, by its name in the file's header; any other
+# name (the sub-byte F4/F6 floats, a typo) is refused by name, never read as bytes of another type.
+_SAFETENSORS_DTYPES = _dtype_table()
+_SUB_BYTE_DTYPES = {"F4": "4-bit floats (MXFP4/NVFP4 blocks)", "F6_E2M3": "6-bit floats (MXFP6)",
+                    "F6_E3M2": "6-bit floats (MXFP6)"}
+# The dtypes a float parameter may be filled from (converted to the parameter's dtype on the way).
+PLAIN_FLOATS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def safetensors_dtype(name: str, key: str | None = None, path=None) -> torch.dtype:
+    """The torch dtype of safetensors dtype ``name`` ("F32", "BF16", "F8_E4M3" ...); a clear error if there is none."""
+    if name in _SAFETENSORS_DTYPES:
+        return _SAFETENSORS_DTYPES[name]
+    what = (f"{path}: tensor {key!r} is stored as " if key is not None else "safetensors dtype ") + repr(name)
+    if name in _SUB_BYTE_DTYPES:
+        raise CheckpointError(f"{what}, {_SUB_BYTE_DTYPES[name]}: a quantized format this course does not read. "
+                              f"Load the model's original float checkpoint (F32/F16/BF16) instead")
+    raise CheckpointError(f"{what}, a dtype this course does not know (known: {', '.join(_SAFETENSORS_DTYPES)}); "
+                          f"the file is damaged or written by a newer format: {_REDOWNLOAD}")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """torch.float32 -> 'float32 (F32)': both names, as a user may know either."""
+    file_name = next((k for k, v in _SAFETENSORS_DTYPES.items() if v == dtype), None)
+    return str(dtype).removeprefix("torch.") + (f" ({file_name})" if file_name else "")
 
 
 def read_safetensors_header(data: bytes) -> dict[str, tuple[str, list[int], tuple[int, int]]]:
@@ -276,8 +378,21 @@ def _safetensors_byte_ranges(path: Path) -> dict[str, tuple[int, torch.dtype]]:
         start = f.read(8)
         length = int.from_bytes(start, "little")
         header = read_safetensors_header(start + f.read(length))
-    return {key: (8 + length + offsets[0], _SAFETENSORS_DTYPES.get(dtype, torch.uint8))
+    return {key: (8 + length + offsets[0], safetensors_dtype(dtype, key, path))
             for key, (dtype, _, offsets) in header.items()}
+
+
+def _readable_byte_ranges(path: Path) -> dict[str, tuple[int, torch.dtype]] | None:
+    """``_safetensors_byte_ranges``, or None when the header does not parse (``safe_open`` then says why)."""
+    try:
+        with open(path, "rb") as f:
+            if int.from_bytes(f.read(8), "little") > os.fstat(f.fileno()).st_size - 8:
+                return None  # not a header (a text file, a truncated download): never read that many bytes
+        return _safetensors_byte_ranges(path)
+    except CheckpointError:
+        raise
+    except Exception:  # noqa: BLE001 - truncated, not JSON, not a header: safe_open's error names the file
+        return None
 
 
 def _lfs_hint(path: Path) -> str:
@@ -398,9 +513,18 @@ class LoadReport:
                       for ours, ckpt, a, b in self.mismatched[:limit]]
         return "\n".join(lines)
 
+    def counts(self) -> str:
+        """The problems counted in one phrase: "1 missing, 1 unexpected, 1 with the wrong shape" ('' when ok)."""
+        parts = [f"{len(self.missing)} missing (random init)" if self.missing else "",
+                 f"{len(self.unexpected)} unexpected (ignored)" if self.unexpected else "",
+                 f"{len(self.mismatched)} with the wrong shape (random init)" if self.mismatched else ""]
+        return ", ".join(p for p in parts if p)
+
     def summary(self) -> str:
         """A few lines for humans: counts, then the skipped keys grouped by reason."""
         lines = [f"loaded {len(self.loaded)} tensors ({len(self.renamed)} renamed), skipped {len(self.skipped)}"]
+        if not self.ok:  # strict=False: say on the first line that this model is not the checkpoint
+            lines[0] += f"; INCOMPLETE (strict=False): {self.counts()}"
         by_reason: dict[str, list[str]] = {}
         for key, why in self.skipped.items():
             by_reason.setdefault(why, []).append(key)
@@ -496,13 +620,14 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
     are (strict loading refuses them before this; ``strict=False`` keeps their random init).
     """
     mismatched = {ours for ours, *_ in report.mismatched}
+    check_dtypes(model, reader, report, dtype, source)
     for ours, key in report.loaded.items():
         if ours in mismatched:
             continue
         module_path, _, name = ours.rpartition(".")
         module = model.get_submodule(module_path)
         transposed = ours in report.transposed
-        if hasattr(module, "fill_from_checkpoint") and name == "weight" and reader.dtype(key).is_floating_point:
+        if _quantizes_on_read(module, name, reader.dtype(key)):
             # a quantized layer (chapter 07) reads and quantizes its float weight block by block
             module.fill_from_checkpoint(reader, key, transposed)
             continue
@@ -513,9 +638,10 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
         if tuple(tensor.shape)[::-1 if transposed else 1] != expected:  # match_keys checked the header
             raise StateDictMismatchError(f"{source}: tensor {key!r} has shape {tuple(tensor.shape)}, the model's "
                                          f"{ours!r} needs {expected[::-1 if transposed else 1]}", report)
-        # parameters take the wanted dtype; buffers keep the one the model declares (quantized scales stay bfloat16)
-        target = (dtype if is_param and dtype is not None else getattr(module, name).dtype) \
-            if tensor.is_floating_point() else tensor.dtype
+        # parameters take the wanted dtype; buffers keep the one the model declares (quantized scales stay
+        # bfloat16); an integer buffer (a quantized weight) has exactly its dtype in the file (check_dtypes)
+        declared = getattr(module, name).dtype
+        target = dtype if is_param and dtype is not None and declared.is_floating_point else declared
         if transposed:  # (in, out) -> (out, in), converted and made contiguous in one copy: fast kernels want rows
             tensor = torch.empty(tuple(tensor.shape)[::-1], dtype=target).copy_(tensor.T)
         else:
@@ -525,6 +651,67 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
         model.tie_weights()
     release_freed_memory()
     return model
+
+
+def _quantizes_on_read(module: nn.Module, name: str, file_dtype: torch.dtype) -> bool:
+    """True when a quantized layer (chapter 07) reads this float weight and quantizes it itself."""
+    return hasattr(module, "fill_from_checkpoint") and name == "weight" and file_dtype in PLAIN_FLOATS
+
+
+def check_dtypes(model: nn.Module, reader: CheckpointReader, report: LoadReport, dtype: torch.dtype | None = None,
+                 source: str = "the checkpoint") -> None:
+    """Refuse, before reading any data, every tensor whose dtype cannot fill its parameter or buffer.
+
+    A floating-point parameter is filled from a float tensor only (float64/32/16, bfloat16),
+    converted to the wanted dtype; integers, booleans and 8-bit floats (which need scales to
+    mean anything) are refused: silently converting them would give a model that computes
+    nonsense. An integer buffer (a quantized layer's weight) takes exactly its own dtype.
+    Raises ``CheckpointDtypeError`` naming every such key and both dtypes.
+    """
+    wrong = []
+    mismatched = {ours for ours, *_ in report.mismatched}
+    modules = dict(model.named_modules())  # one walk of the tree, not one per key
+    for ours, key in report.loaded.items():
+        if ours in mismatched:
+            continue
+        module_path, _, name = ours.rpartition(".")
+        module = modules[module_path]
+        declared, stored = getattr(module, name).dtype, reader.dtype(key)
+        if _quantizes_on_read(module, name, stored):
+            continue
+        if hasattr(module, "fill_from_checkpoint") and name == "weight" and not declared.is_floating_point \
+                and stored.is_floating_point:  # 8-bit floats where a float weight is quantized while loading
+            needs = f"float32, float16 or bfloat16 (quantized to {str(declared).removeprefix('torch.')} on the way)"
+        elif declared in PLAIN_FLOATS:
+            if stored in PLAIN_FLOATS:
+                continue
+            wanted = dtype if dtype is not None and name in module._parameters else declared
+            needs = f"a float (loading as {str(wanted).removeprefix('torch.')})"
+        elif stored == declared:
+            continue
+        else:
+            needs = _dtype_name(declared)
+        wrong.append((ours, key, stored, needs))
+    if not wrong:
+        return
+    lines = [f"  {key}: stored as {_dtype_name(stored)}, but {ours if ours != key else 'the model'} needs {needs}"
+             for ours, key, stored, needs in wrong[:20]]
+    if len(wrong) > 20:
+        lines.append(f"  ... and {len(wrong) - 20} more")
+    why = []
+    if any(str(stored).startswith("torch.float8") for _, _, stored, _ in wrong):
+        why.append("8-bit floats (FP8) only mean something with the scales of the format that wrote them, which "
+                   "this course does not read: load the model's original float checkpoint (F32/F16/BF16), and "
+                   "quantize= it if you want it smaller")
+    if any(not str(stored).startswith("torch.float8") and needs.startswith("a float") for _, _, stored, needs in wrong):
+        why.append("a weight is a float: integers or booleans in its place mean the file is damaged, was saved from "
+                   "the wrong tensors, or is a quantized format this course does not read; load the model's float "
+                   "checkpoint (F32/F16/BF16) and use quantize='int8'/'int4' for a smaller model")
+    if any(not needs.startswith(("a float", "float32")) for *_, needs in wrong):
+        why.append("a quantized layer's integers are stored in exactly its dtype by save_pretrained: this file was "
+                   "written some other way or changed since; quantize the float checkpoint again (quantize=)")
+    raise CheckpointDtypeError(f"{source}: {len(wrong)} tensor(s) have a dtype the model cannot take "
+                               f"(nothing was loaded):\n" + "\n".join(lines) + "\n" + "\n".join(why))
 
 
 @functools.cache
@@ -574,18 +761,249 @@ def check_fully_loaded(model: nn.Module, source: str) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Writing
+# Writing a model folder: all or nothing, never over another model's files
 
-def save_checkpoint(model: nn.Module, folder: str | os.PathLike) -> Path:
-    """``config.json`` + ``model.safetensors`` in the Hugging Face layout (tied copies saved once).
+# The files of a Hugging Face model folder. A folder that holds config.json or weights holds a
+# checkpoint; beside it, its tokenizer's files are part of it too. Any other file (a README,
+# the learner's notes, a training run's checkpoint.safetensors) is not ours: never removed.
+MODEL_FILE_PATTERNS = ("config.json", "generation_config.json", SAFETENSORS_NAME, SAFETENSORS_INDEX,
+                       "model-*-of-*.safetensors", BIN_NAME, BIN_INDEX, "pytorch_model-*-of-*.bin", "tf_model.h5",
+                       "tf_model.h5.index.json", "tf_model-*-of-*.h5", "flax_model.msgpack",
+                       "flax_model.msgpack.index.json", "flax_model-*-of-*.msgpack", "adapter_model.safetensors",
+                       "adapter_model.bin", "adapter_config.json")
+TOKENIZER_FILE_NAMES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                        "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",
+                        "tokenizer.model")
+# config.json keys that say how a model was stored, not which model it is
+_STORAGE_KEYS = ("dtype", "torch_dtype", "transformers_version", "_name_or_path")
+SAVE_DIR_PREFIX = ".course_lib-save-"  # a save in progress: <folder>/.course_lib-save-<pid>-<random>/
+TEMP_FILE_MARK = ".course_lib-tmp-"  # write_atomic's file in progress: .<name>.course_lib-tmp-<pid>-<random>
+_JOURNAL = "COMMIT.json"  # written last into a save's temporary folder: the save is complete
 
-    Files are written to temporary names and renamed at the end, so an interrupted save
-    never leaves a half-written ``model.safetensors`` behind.
+
+def is_model_file(name: str) -> bool:
+    """True for the names of a model folder's config and weights (``config.json``, shards, ``.bin`` ...)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in MODEL_FILE_PATTERNS)
+
+
+def is_checkpoint_file(name: str) -> bool:
+    """A model file or a tokenizer file: what a save may replace or, with ``overwrite=True``, remove."""
+    return is_model_file(name) or name in TOKENIZER_FILE_NAMES
+
+
+def write_model_folder(folder: str | os.PathLike, writers: dict, *, overwrite: bool = False,
+                       config: dict | None = None, what: str = "save_pretrained",
+                       overwrite_flag: str = "overwrite=True") -> list[str]:
+    """Write the files ``writers`` names into ``folder`` all at once; returns the stale files removed.
+
+    ``writers``: {file name: ``write(path)``}. Each writes its file into a hidden temporary
+    folder inside ``folder``; when every one has succeeded, a journal listing the renames is
+    written last, then the files are renamed into place (and, with ``overwrite``, the old
+    checkpoint's other files removed). An exception before the journal removes the temporary
+    folder and leaves ``folder`` as it was; a killed process leaves it behind, and the next save
+    or ``load_model`` of the folder (``recover_folder``) removes it, or finishes the renames if
+    the journal was written. Files get the permissions any new file gets (0644 under the usual
+    umask).
+
+    ``folder`` may be new, empty, hold unrelated files (kept), or hold the checkpoint of the
+    same model: its ``config.json`` equal to ``config`` apart from the storage dtype (a re-save;
+    its tokenizer files are kept). Any other checkpoint there is refused with
+    ``CheckpointExistsError`` unless ``overwrite``: then its config, weights, shards, index and
+    tokenizer files that this save does not write are removed.
+    """
+    created = not Path(folder).expanduser().exists()
+    folder = _destination_folder(folder, what)
+    recover_folder(folder)
+    remove = _files_to_replace(folder, set(writers), config, overwrite, what, overwrite_flag)
+    tmp = folder / f"{SAVE_DIR_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        tmp.mkdir()
+    except PermissionError as err:
+        raise PermissionError(err.errno, f"{what}: cannot write into {folder} (permission denied); nothing was "
+                                         f"written. Choose a folder you can write to") from err
+    committed = False
+    try:
+        mode = default_file_mode()
+        for name, write in writers.items():
+            write(tmp / name)
+            os.chmod(tmp / name, mode)  # writers may create 0600 files (safetensors does): make them ordinary
+        journal = tmp / f".{_JOURNAL}.part"
+        journal.write_text(json.dumps({"write": list(writers), "remove": remove}), encoding="utf-8")
+        os.replace(journal, tmp / _JOURNAL)  # the commit point: from here on the save completes
+        committed = True
+        _finish_save(folder, tmp)
+    except BaseException:
+        if committed:  # e.g. Ctrl-C among the renames: finish them (quick) rather than leave a mixed folder
+            with contextlib.suppress(Exception):
+                _finish_save(folder, tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if created:  # a folder this save made: gone again, as if the save never started
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+        raise
+    return remove
+
+
+def _destination_folder(folder: str | os.PathLike, what: str) -> Path:
+    """``folder`` as an existing folder (created if new); ``NotAFolderError`` when it is a file."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise NotAFolderError(f"{what}: {folder} is a file, not a folder; nothing was written. Pass the path of a "
+                              f"folder to write the model into (a new one is created)")
+    if os.path.lexists(folder) and not folder.exists():
+        raise NotAFolderError(f"{what}: {folder} is a symbolic link to nothing (a broken link or a link loop); "
+                              f"nothing was written. Remove the link (rm {folder}) or pass another folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        parent = next((p for p in folder.parents if p.exists() and not p.is_dir()), folder.parent)
+        raise NotAFolderError(f"{what}: cannot make the folder {folder}: {parent} is a file, not a folder; "
+                              f"nothing was written") from err
+    return folder
+
+
+def _files_to_replace(folder: Path, writes: set[str], config: dict | None, overwrite: bool, what: str,
+                      overwrite_flag: str) -> list[str]:
+    """The old checkpoint files to remove, or ``CheckpointExistsError`` when the folder holds another model."""
+    names = sorted(entry.name for entry in os.scandir(folder)
+                   if entry.is_file() or entry.is_symlink())
+    model_files = [n for n in names if is_model_file(n)]
+    collisions = [n for n in names if n in writes]
+    if not model_files and not collisions:  # new, empty, or only unrelated files (or a lone tokenizer): kept
+        return []
+    others = [n for n in names if is_checkpoint_file(n) and n not in writes]
+    same, why = _same_model(folder, config)
+    stale = [n for n in others if is_model_file(n) and n not in ("config.json", "generation_config.json")]
+    if same and not stale:
+        return []  # a re-save of the same model: its tokenizer and generation config stay
+    if overwrite:
+        return others
+    if same:
+        why = (f"it holds the same model, but also {', '.join(stale[:6])}, which this save does not write and "
+               f"would leave stale beside the new weights")
+    removed = (f": its files this save does not write ({', '.join(others[:8])}{', ...' if len(others) > 8 else ''}) "
+               f"are removed, other files are kept" if others else " (other files are kept)")
+    shown = ", ".join(model_files[:8] or collisions[:8]) + (", ..." if len(model_files) > 8 else "")
+    raise CheckpointExistsError(
+        f"{what}: {folder} already holds {'a' if same else 'another'} checkpoint ({shown}): {why}. Nothing was "
+        f"written. Write to a new folder, or pass {overwrite_flag} to replace that checkpoint{removed}")
+
+
+def _same_model(folder: Path, config: dict | None) -> tuple[bool, str]:
+    """(True, '') when ``folder/config.json`` describes the model ``config`` does; else (False, why not)."""
+    path = folder / "config.json"
+    if config is None:
+        return False, "this save has no config.json to compare with it"
+    if not path.is_file():
+        return False, "it has no config.json to tell whether it is the same model"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False, "its config.json cannot be read"
+    if not isinstance(old, dict):
+        return False, "its config.json is not a JSON object"
+    new = json.loads(json.dumps(config))  # as it will read back (tuples -> lists, int keys -> strings)
+    differ = sorted(k for k in set(old) | set(new) if k not in _STORAGE_KEYS and old.get(k) != new.get(k))
+    if not differ:
+        return True, ""
+    shown = "; ".join(f"{k}: {_short(old, k)} there, {_short(new, k)} here" for k in differ[:4])
+    return False, f"its config.json describes another model ({shown}{'; ...' if len(differ) > 4 else ''})"
+
+
+def _short(values: dict, key: str) -> str:
+    """``values[key]`` as JSON, cut to 40 characters; "absent" when there is no such key."""
+    text = json.dumps(values[key]) if key in values else "absent"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _finish_save(folder: Path, tmp: Path) -> None:
+    """Apply a complete save's journal: rename its files into ``folder``, remove the stale ones, drop ``tmp``."""
+    journal = json.loads((tmp / _JOURNAL).read_text(encoding="utf-8"))
+    for name in journal["write"]:
+        if (tmp / name).exists():  # already moved when an earlier attempt was interrupted
+            os.replace(tmp / name, folder / name)
+    for name in journal["remove"]:
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(tmp)
+
+
+def _pid_of(text: str) -> int | None:
+    head = text.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _process_alive(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` may still be writing ``path`` (a dead one's temporary files are debris)."""
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":  # no cheap, harmless liveness probe: trust age (an hour) instead
+        try:
+            return time.time() - path.stat().st_mtime < 3600
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def recover_folder(folder: str | os.PathLike) -> list[str]:
+    """Clean up after saves into ``folder`` that a killed process left unfinished; returns what was cleaned.
+
+    A save's temporary folder without its journal is removed (the save never completed: the
+    folder still holds the previous files); one with its journal is finished (its renames
+    done), so the folder holds the whole new checkpoint. ``write_atomic``'s temporary files
+    from dead processes are removed. Saves of running processes are left alone. Called by
+    every save and by ``load_model``; cheap (one directory listing) when there is nothing to do.
+    """
+    folder = Path(folder)
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(".") and
+                   (e.name.startswith(SAVE_DIR_PREFIX) or TEMP_FILE_MARK in e.name)]
+    except OSError:
+        return []
+    cleaned = []
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.name.startswith(SAVE_DIR_PREFIX) and entry.is_dir(follow_symlinks=False):
+            pid = _pid_of(entry.name[len(SAVE_DIR_PREFIX):])
+            if pid is None or _process_alive(pid, path):
+                continue
+            if (path / _JOURNAL).is_file():
+                try:
+                    _finish_save(folder, path)
+                except OSError as err:
+                    raise CheckpointError(
+                        f"{folder}: a save that was complete but interrupted before all its files were in "
+                        f"place could not be finished ({err}); make the folder writable and try again, or "
+                        f"save the model again") from err
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            cleaned.append(entry.name)
+        elif TEMP_FILE_MARK in entry.name and entry.is_file(follow_symlinks=False):
+            pid = _pid_of(entry.name.rsplit(TEMP_FILE_MARK, 1)[1])
+            if pid is not None and not _process_alive(pid, path):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    cleaned.append(entry.name)
+    return cleaned
+
+
+def save_checkpoint(model: nn.Module, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``config.json`` + ``model.safetensors`` in the Hugging Face layout (tied copies saved once); returns ``folder``.
+
+    All or nothing (``write_model_folder``): an interrupted or killed save leaves the folder
+    as it was (its debris removed by the next save or load), never new weights beside an old
+    config. A folder holding another model's checkpoint is refused unless ``overwrite=True``,
+    which also removes that checkpoint's shards, index and tokenizer files; re-saving the same
+    model (an equal config.json) over its own folder needs no flag and keeps its tokenizer.
     """
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     state = checkpoint_state_dict(model)
     config = {**model.config.to_dict(), "architectures": [model.architecture]}
     if getattr(model, "quantization", None) is not None:  # our own format: load_model recognises it
@@ -593,10 +1011,11 @@ def save_checkpoint(model: nn.Module, folder: str | os.PathLike) -> Path:
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         config["dtype"] = str(dtypes.pop()).removeprefix("torch.")
-    write_atomic(folder / SAFETENSORS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
-    write_atomic(folder / "config.json",
-                  lambda path: path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
-    return folder
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"  # fails (unserialisable) before anything is written
+    write_model_folder(folder, {SAFETENSORS_NAME: lambda path: save_file(state, str(path), metadata={"format": "pt"}),
+                                "config.json": lambda path: path.write_text(text, encoding="utf-8")},
+                       overwrite=overwrite, config=config, what="save_pretrained")
+    return Path(folder)
 
 
 def tensor_identity(tensor: torch.Tensor) -> tuple:
@@ -685,31 +1104,81 @@ def checkpoint_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def write_atomic(target: Path, write) -> None:
     """Call ``write(temporary_path)`` in ``target``'s folder, then rename it to ``target``: readers
-    see the old file or the whole new one, never half of it (an interrupted save leaves no debris)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
+    see the old file or the whole new one, never half of it (an interrupted save leaves no debris).
+
+    The temporary file is created with the permissions any new file gets (0644 under the usual
+    umask, not ``mkstemp``'s 0600) and named ``.<name>.course_lib-tmp-<pid>-<random>``: one a
+    killed process left behind is removed by the next ``write_atomic`` of the same file (and by
+    ``recover_folder``).
+    """
+    target = Path(target)
+    _remove_dead_temp_files(target)
+    tmp = _new_temp_file(target)
     try:
-        write(Path(tmp))
+        write(tmp)
+        os.chmod(tmp, default_file_mode())  # the writer may have recreated it 0600 (safetensors does)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
+def default_file_mode() -> int:
+    """The permissions ``open()`` gives a new file: 0o666 minus the process's umask (0o644 under the usual 022)."""
+    try:  # Linux: read it without changing it
+        with open("/proc/self/status", encoding="ascii") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)  # elsewhere: the only way to read it is to set it, then put it back
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _new_temp_file(target: Path) -> Path:
+    """An empty new file beside ``target``, created as ``open()`` creates files (mode 0666 minus the umask)."""
+    while True:
+        tmp = target.parent / f".{target.name}{TEMP_FILE_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _remove_dead_temp_files(target: Path) -> None:
+    prefix = f".{target.name}{TEMP_FILE_MARK}"
+    try:
+        names = [e.name for e in os.scandir(target.parent) if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        pid = _pid_of(name[len(prefix):])
+        path = target.parent / name
+        if pid is not None and not _process_alive(pid, path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> dict:
     """A ``.bin`` checkpoint (a file or a model folder) -> ``dst/model.safetensors`` with today's names.
 
     Renames legacy ``gamma``/``beta``, drops non-parameter buffers and second copies of tied
     tensors (safetensors stores each tensor once), and, for a folder, copies every other
-    file (config, tokenizer) beside it. Every written tensor is read back and compared.
-    Returns a summary dict (counts, renames, dropped keys, bytes).
+    file (config, tokenizer) beside it. Every written tensor is read back and compared before
+    anything in ``dst`` is replaced; the folder is written all at once (``write_model_folder``).
+    A ``dst`` holding another checkpoint is refused unless ``overwrite=True`` (which removes
+    that checkpoint's other files); a ``dst`` that is a file is refused.
+    Returns a summary dict (counts, renames, dropped keys, bytes, stale files removed).
     """
     from safetensors.torch import save_file
 
-    src, dst = Path(src), Path(dst)
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if not src.exists():
         raise FileNotFoundError(f"{src} does not exist: pass a model folder (with {BIN_NAME} or {BIN_INDEX}) "
                                 f"or a .bin file")
+    if dst.exists() and not dst.is_dir():
+        raise NotAFolderError(f"the destination {dst} is a file, not a folder; nothing was written. Pass a new "
+                              f"folder to write model.safetensors (and copies of config and tokenizer) into")
     if src.is_file():
         folder, files = src.parent, [src]
     else:
@@ -734,21 +1203,29 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
             if new in state:
                 raise CheckpointError(f"{key} and another key both become {new!r}; this file mixes naming schemes")
             state[new] = tensor.contiguous()
-    dst.mkdir(parents=True, exist_ok=True)
+
+    def write_weights(path: Path) -> None:
+        save_file(state, str(path), metadata={"format": "pt"})
+        with CheckpointReader([path]) as check:
+            for key, tensor in state.items():
+                if not torch.equal(check.get(key), tensor):
+                    raise CheckpointError(f"{dst / SAFETENSORS_NAME}: tensor {key!r} did not read back equal; "
+                                          f"the disk may be full")
+
+    writers = {SAFETENSORS_NAME: write_weights}
+    copies = sorted(item for item in folder.iterdir() if item.is_file() and not _is_weight_file(item.name)) \
+        if src.is_dir() else []
+    for item in copies:
+        writers[item.name] = lambda path, item=item: shutil.copy2(item, path)
+    config = None
+    if (folder / "config.json").is_file() and src.is_dir():
+        with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    removed = write_model_folder(dst, writers, overwrite=overwrite, config=config if isinstance(config, dict) else None,
+                                 what="convert", overwrite_flag="--overwrite (overwrite=True)")
     out = dst / SAFETENSORS_NAME
-    write_atomic(out, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
-    with CheckpointReader([out]) as check:
-        for key, tensor in state.items():
-            if not torch.equal(check.get(key), tensor):
-                raise CheckpointError(f"{out}: tensor {key!r} did not read back equal; the disk may be full")
-    copied = []
-    if src.is_dir():
-        for item in sorted(folder.iterdir()):
-            if item.is_file() and not _is_weight_file(item.name):
-                shutil.copy2(item, dst / item.name)
-                copied.append(item.name)
-    return {"tensors": len(state), "renamed": renamed, "dropped": dropped, "copied": copied,
-            "bytes": out.stat().st_size, "path": out}
+    return {"tensors": len(state), "renamed": renamed, "dropped": dropped, "copied": [i.name for i in copies],
+            "removed": removed, "bytes": out.stat().st_size, "path": out}
 
 
 def _is_weight_file(name: str) -> bool:

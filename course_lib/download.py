@@ -1,6 +1,6 @@
 """Workshop tool: pre-fetch models into a folder you can copy to laptops without network.
 
-    python -m course_lib.download MODEL [MODEL ...] [--to DIR] [--revision REV]
+    python -m course_lib.download MODEL [MODEL ...] [--all] [--to DIR] [--revision REV]
 
 Online, on one machine (the instructor's): downloads each model's config, tokenizer and
 weights (safetensors, or ``pytorch_model.bin`` for repositories that have no safetensors)
@@ -11,6 +11,10 @@ tries the network). Files already present are not downloaded again.
 
 Without ``--to``, models go into this machine's own cache (``$HF_HOME``, by default
 ``~/.cache/huggingface``).
+
+Downloading needs the network: on a machine without it (or with ``HF_HUB_OFFLINE`` set) each
+model fails with ``NeedsNetworkError`` and the tool says what to do instead: run it on a
+machine that is online, copy the folder here and point ``HF_HOME`` at the copy.
 """
 
 from __future__ import annotations
@@ -27,12 +31,60 @@ COURSE_MODELS = ["gpt2", "distilgpt2", "roberta-base", "distilroberta-base", "be
                  "sentence-transformers/all-MiniLM-L6-v2"]
 
 
-def download(model: str, cache_dir: Path, revision: str | None = None) -> Path:
-    """Fetch ``model`` into ``cache_dir`` (a Hub cache folder); returns its snapshot folder."""
+class NeedsNetworkError(hub.HubError):
+    """Downloading needs the network and this machine has none (or ``HF_HUB_OFFLINE`` is set).
+
+    ``reason``: one line, what went wrong; ``str(err)`` adds what to do (``offline_fix``).
+    """
+
+    def __init__(self, model: str, reason: str, revision: str | None = None, to: str | None = None):
+        self.model, self.reason = model, reason
+        super().__init__(f"cannot download {model!r}: {reason}. {offline_fix([model], revision, to)}")
+
+
+def offline_fix(models: list[str], revision: str | None = None, to: str | None = None) -> str:
+    """What to do when this machine cannot download: the README's 'Workshops' steps, for these models."""
+    folder = (Path(to).expanduser().resolve().name if to else "") or "course-models"
+    rev = f" --revision {revision}" if revision else ""
+    return (f"On a machine that has network, in the course folder, run\n"
+            f"    python -m course_lib.download {' '.join(models)}{rev} --to {folder}\n"
+            f"then copy {folder}/ to this machine (USB stick, shared drive) and here set\n"
+            f"    export HF_HOME=/path/to/{folder}     # Windows: set HF_HOME=C:\\path\\to\\{folder}\n"
+            f"    export HF_HUB_OFFLINE=1\n"
+            f"load_model({models[0]!r}) then reads the copy (README: 'Workshops and offline use').")
+
+
+def _is_network_failure(err: hub.HubError) -> bool:
+    """The Hub could not be reached at all (as opposed to: no such model, gated, no weights...)."""
+    if isinstance(err, hub.ModelNotCachedError):  # huggingface_hub: no connection and nothing cached
+        return True
+    cause = err.__cause__
+    return isinstance(cause, (ConnectionError, TimeoutError)) or any(
+        word in type(cause).__name__ for word in ("Connect", "Timeout", "NetworkError"))  # httpx's, requests'
+
+
+def download(model: str, cache_dir: Path, revision: str | None = None, to: str | None = None) -> Path:
+    """Fetch ``model`` into ``cache_dir`` (a Hub cache folder); returns its snapshot folder.
+
+    Raises ``NeedsNetworkError`` when ``HF_HUB_OFFLINE`` is set or the Hub cannot be reached
+    (``to``: the folder the user asked for, named in the advice), ``HubError`` when the Hub
+    refuses the model, ``CheckpointError`` when the repository has no weights.
+    """
     if hub.is_offline():
-        raise hub.HubError("HF_HUB_OFFLINE is set: downloading needs the network. Unset it "
-                           "(`unset HF_HUB_OFFLINE`) on a machine that is online")
-    folder = hub.fetch_snapshot(model, revision, hub.DEFAULT_FILES, cache_dir, local_files_only=False)
+        raise NeedsNetworkError(model, "HF_HUB_OFFLINE is set, and downloading needs the network. If this "
+                                       "machine is online, `unset HF_HUB_OFFLINE` (Windows: "
+                                       "`set HF_HUB_OFFLINE=`) and run the command again", revision, to)
+    try:
+        folder = hub.fetch_snapshot(model, revision, hub.DEFAULT_FILES, cache_dir, local_files_only=False)
+    except hub.HubError as err:
+        if not _is_network_failure(err):
+            raise
+        cause = err.__cause__  # huggingface_hub's own "no connection" message is long: named for other causes only
+        detail = ("" if isinstance(err, hub.ModelNotCachedError) or cause is None
+                  else f" ({type(cause).__name__}: {cause})")
+        raise NeedsNetworkError(model, f"could not fetch model {model!r}: the Hugging Face Hub could not be "
+                                       f"reached from this machine (no network?){detail}, and downloading needs the network",
+                                revision, to) from err
     from course_lib.checkpoint import BIN_FILES, CheckpointError, weight_files
 
     try:
@@ -44,12 +96,15 @@ def download(model: str, cache_dir: Path, revision: str | None = None) -> Path:
 
 
 def folder_size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.download",
-                                     description="Pre-fetch models for offline use (see the README, 'Workshops').")
+                                     description="Pre-fetch models for offline use (see the README, 'Workshops').",
+                                     epilog="Needs the network. For laptops without it: run this on a machine "
+                                            "that has it, with --to DIR; copy DIR to each laptop and there set "
+                                            "HF_HOME=/path/to/DIR and HF_HUB_OFFLINE=1.")
     parser.add_argument("models", nargs="*", metavar="MODEL",
                         help=f"Hub model ids (default with --all: {' '.join(COURSE_MODELS)})")
     parser.add_argument("--all", action="store_true", help="every model the course's notebooks can use")
@@ -62,12 +117,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("name at least one model (e.g. gpt2 roberta-base) or pass --all")
     home = Path(args.to).expanduser().resolve() if args.to else None
     cache_dir = home / "hub" if home else hub.hub_cache_dir()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    failed = []
+    if not hub.is_offline():  # offline, every model fails: leave no empty folder behind
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    failed, no_network = [], []
     for model in models:
         print(f"==> {model}", flush=True)
         try:
-            folder = download(model, cache_dir, args.revision)
+            folder = download(model, cache_dir, args.revision, args.to)
+        except NeedsNetworkError as err:  # the same advice for every model: printed once, below
+            print(f"    FAILED: {err.reason}", file=sys.stderr, flush=True)
+            failed.append(model)
+            no_network.append(model)
+            continue
         except (hub.HubError, OSError, ValueError) as err:  # ValueError: CheckpointError, no weights in the repo
             print(f"    FAILED: {err}", file=sys.stderr, flush=True)
             failed.append(model)
@@ -83,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
               f"    make lab")
     if failed:
         print(f"failed: {' '.join(failed)}", file=sys.stderr)
+    if no_network:
+        print(f"\n{offline_fix(no_network, args.revision, args.to)}", file=sys.stderr)
     return 1 if failed else 0
 
 

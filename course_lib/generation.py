@@ -23,12 +23,18 @@ Shapes: B batch, T tokens, V vocabulary, H heads, D head size.
 
 from __future__ import annotations
 
+import inspect
+import math
+import numbers
 from typing import Callable, Sequence
 
 import torch
 
+from course_lib.models.encoder import check_attention_mask, check_input_ids
+
 __all__ = ["LayerKVCache", "KVCache", "top_k_filter", "top_p_filter", "min_p_filter", "apply_repetition_penalty",
-           "is_sampling", "next_token", "generate_ids", "generate", "TextStreamer", "print_piece"]
+           "is_sampling", "next_token", "check_generation_args", "check_can_generate", "check_generate_inputs",
+           "generate_ids", "generate", "TextStreamer", "print_piece"]
 
 
 # --------------------------------------------------------------------------------------
@@ -196,6 +202,127 @@ def next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None
 
 
 # --------------------------------------------------------------------------------------
+# Checking the arguments: a clear error before the first step, never a traceback from torch
+
+SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
+
+def _whole_number(value, name: str, fix: str) -> int:
+    """``value`` as an int: Python and NumPy integers pass; bool, float, str and None are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number, got {value!r} ({type(value).__name__}): {fix}")
+    return int(value)
+
+
+def _real_number(value, name: str, fix: str) -> float:
+    """``value`` as a finite float: ints and floats pass; NaN, infinities, bool, str and None are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}): {fix}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}: {fix}")
+    return float(value)
+
+
+def check_generation_args(max_new_tokens=20, temperature=1.0, top_k=None, top_p=None, seed=None, min_p=None,
+                          repetition_penalty=None, eos_token_id=None) -> None:
+    """Raise a clear ``TypeError``/``ValueError`` naming the argument, its value and the allowed range.
+
+    ``max_new_tokens`` an int >= 0; ``temperature`` a finite number >= 0 (0 = greedy);
+    ``top_k`` an int >= 1; ``top_p`` in (0, 1]; ``min_p`` in [0, 1]; ``repetition_penalty``
+    > 0; ``seed`` an int that ``torch.Generator.manual_seed`` takes, -2**63 .. 2**64 - 1
+    (reduce a larger one yourself, e.g. ``seed % 2**64``); ``eos_token_id`` an int or a
+    list of ints. Each ``None`` means "not used".
+    """
+    count = _whole_number(max_new_tokens, "max_new_tokens", "pass an int, e.g. max_new_tokens=20")
+    if count < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {count}")
+    t = _real_number(temperature, "temperature", "pass a float >= 0: 1 = the model's distribution, < 1 sharper, "
+                                                 "0 = greedy")
+    if t < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and _whole_number(top_k, "top_k", "pass an int >= 1, or None for no top-k") < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0.0 < _real_number(top_p, "top_p", "pass a float in (0, 1], or None") <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if min_p is not None and not 0.0 <= _real_number(min_p, "min_p", "pass a float in [0, 1], or None") <= 1.0:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+    if repetition_penalty is not None and _real_number(
+            repetition_penalty, "repetition_penalty", "pass a float > 0 (1 = no penalty), or None") <= 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1 = no penalty), got {repetition_penalty}")
+    if seed is not None:
+        value = _whole_number(seed, "seed", "pass an int, e.g. seed=0")
+        if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+            raise ValueError(f"seed={value} is outside the range a torch.Generator takes, -2**63 .. 2**64 - 1: "
+                             f"use a smaller one (seed % 2**64 keeps it repeatable)")
+    if eos_token_id is not None:
+        ids = [eos_token_id] if not isinstance(eos_token_id, (list, tuple)) else eos_token_id
+        for value in ids:
+            _whole_number(value, "eos_token_id", "pass a token id, a list of ids, or [] to never stop early")
+
+
+def check_can_generate(model) -> None:
+    """Refuse, clearly, a model with no next-token head (an encoder, GPT-2 without its LM head): it cannot generate.
+
+    ``generate_ids`` calls ``model(ids, attention_mask, kv_cache=..., last_only=True)``: the
+    forward of a causal language model (``GPT2LMHeadModel``).
+    """
+    name = type(model).__name__
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"generate needs a model (torch.nn.Module) first, got {name}: call "
+                        f"generate(model, tokenizer, prompt) with model = load_model('tiny-gpt2') or another decoder")
+    forward = model.forward
+    try:
+        parameters = inspect.signature(forward).parameters
+    except (TypeError, ValueError):  # not inspectable (a compiled or wrapped model): trust it
+        return
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if takes_any or {"kv_cache", "last_only"} <= parameters.keys():
+        return
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in ("bert", "roberta", "xlm-roberta"):
+        why = (f"{name} is an encoder (model_type {model_type!r}): it reads the whole text at once and has no "
+               f"next-token head. Generate with a decoder (load_model('tiny-gpt2') or 'gpt2'); to fill in a "
+               f"masked word, load the encoder with task='masked-lm' (chapter 04's fill_mask_top_k)")
+    elif model_type == "gpt2":
+        why = (f"{name} is GPT-2 without its LM head (task='base' gives hidden states): load it with "
+               f"task='causal-lm', the default for GPT-2")
+    else:
+        why = (f"{name}.forward takes no kv_cache= and last_only=, so it is not a causal language model "
+               f"(course_lib's GPT2LMHeadModel)")
+    raise TypeError(f"generate needs a causal language model, which scores the next token; {why}")
+
+
+def check_generate_inputs(model, input_ids, max_new_tokens, attention_mask=None, **arguments) -> None:
+    """Everything ``generate_ids`` is given, checked once before the first step; a clear error otherwise.
+
+    The model must be a causal LM (``check_can_generate``), the sampling ``arguments`` valid
+    (``check_generation_args``), the prompt (B, T) integer ids with T >= 1 inside the model's
+    vocabulary, the mask (B, T) of 0/1 with every prompt's last token real (left padding),
+    and prompt + new tokens must fit the model's positions. The decoding steps then check
+    only metadata (``GPT2Model.check_inputs``): they feed back the model's own tokens.
+    """
+    check_can_generate(model)
+    check_generation_args(max_new_tokens, **arguments)
+    vocab_size = getattr(model.config, "vocab_size", None)  # a toy model may not say
+    check_input_ids(input_ids, vocab_size, check_values=False)  # a tensor (B, T) of integers
+    if input_ids.size(1) == 0:
+        raise ValueError(f"input_ids must be (batch, tokens) with at least one token, got shape "
+                         f"{tuple(input_ids.shape)}; to start from nothing, pass the BOS token")
+    if vocab_size is not None:
+        check_input_ids(input_ids, vocab_size)  # one pass over the prompt's values
+    if attention_mask is not None:
+        check_attention_mask(attention_mask, tuple(input_ids.shape))
+        if bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError("a prompt ends with padding: pad batches for generation on the left "
+                             "(encode_batch(..., padding_side='left')), so every prompt's last token is real")
+    positions = getattr(model.config, "n_positions", None)
+    if positions is not None and input_ids.size(1) + max_new_tokens - 1 > positions:
+        raise ValueError(f"a prompt of {input_ids.size(1)} tokens + {max_new_tokens} new tokens needs "
+                         f"{input_ids.size(1) + max_new_tokens - 1} positions; the model has {positions}: "
+                         f"shorten the prompt or ask for fewer tokens")
+
+
+# --------------------------------------------------------------------------------------
 # The loop
 
 def _eos_ids(model, eos_token_id) -> list[int]:
@@ -203,7 +330,7 @@ def _eos_ids(model, eos_token_id) -> list[int]:
         eos_token_id = getattr(model.config, "eos_token_id", None)
     if eos_token_id is None:
         return []
-    return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    return [int(eos_token_id)] if not isinstance(eos_token_id, (list, tuple)) else [int(i) for i in eos_token_id]
 
 
 @torch.inference_mode()
@@ -225,23 +352,14 @@ def generate_ids(model, input_ids: torch.Tensor, max_new_tokens: int = 20, *, te
     ``attention_mask`` (B, T): 1 = token, 0 = padding; pad prompts on the left.
     ``use_cache``: keep keys and values (``KVCache``); the tokens are the same without it.
     ``stream``: called with the new tokens (B,) after every step.
+    Everything is checked before the first step (``check_generate_inputs``): a clear error,
+    not one from deep inside torch.
     """
-    if input_ids.dim() != 2 or input_ids.size(1) == 0:
-        raise ValueError(f"input_ids must be (batch, tokens) with at least one token, got shape "
-                         f"{tuple(input_ids.shape)}; to start from nothing, pass the BOS token")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids "
-                         f"{tuple(input_ids.shape)}: they must match")
-    if attention_mask is not None and bool((attention_mask[:, -1] == 0).any()):
-        raise ValueError("a prompt ends with padding: pad batches for generation on the left "
-                         "(encode_batch(..., padding_side='left')), so every prompt's last token is real")
-    positions = getattr(model.config, "n_positions", None)
-    if positions is not None and input_ids.size(1) + max_new_tokens - 1 > positions:
-        raise ValueError(f"a prompt of {input_ids.size(1)} tokens + {max_new_tokens} new tokens needs "
-                         f"{input_ids.size(1) + max_new_tokens - 1} positions; the model has {positions}: "
-                         f"shorten the prompt or ask for fewer tokens")
+    check_generate_inputs(model, input_ids, max_new_tokens, attention_mask, temperature=temperature, top_k=top_k,
+                          top_p=top_p, seed=seed, min_p=min_p, repetition_penalty=repetition_penalty,
+                          eos_token_id=eos_token_id)
+    max_new_tokens, top_k = int(max_new_tokens), None if top_k is None else int(top_k)  # NumPy integers too
+    seed = None if seed is None else int(seed)
     sample = is_sampling(temperature, top_k, top_p, seed, min_p)
     device = next(model.parameters()).device
     ids = input_ids.to(device)
@@ -311,8 +429,13 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 50, temperatur
     goes). Stops after ``max_new_tokens`` or at the end token, which is not part of the
     returned text. An empty prompt starts from the model's BOS token.
     """
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}; for token ids use model.generate")
+    from course_lib.tokenizer_loading import check_text
+
+    check_can_generate(model)
+    if not (hasattr(tokenizer, "encode") and hasattr(tokenizer, "decode")):
+        raise TypeError(f"tokenizer must be a tokenizers.Tokenizer (load_tokenizer(src)), got "
+                        f"{type(tokenizer).__name__}: call generate(model, tokenizer, prompt)")
+    check_text(prompt, "prompt")  # a str that UTF-8 can encode; for token ids use model.generate
     ids = tokenizer.encode(prompt).ids
     if not ids:
         bos = getattr(model.config, "bos_token_id", None)

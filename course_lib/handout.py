@@ -13,6 +13,7 @@ themselves, and the grader shows the learner's table without expecting a score.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -48,9 +49,19 @@ def learner_readme(text: str) -> str:
 
 
 def write_handout(dest: Path, root: Path | None = None) -> list[Path]:
-    """Copy the course minus solutions/ into ``dest`` (which must not exist or be empty)."""
+    """Copy the course minus solutions/ into ``dest`` (which must not exist or be empty, and not be a file)."""
     root = root or course_root()
-    dest = dest.expanduser().resolve()
+    given = Path(dest).expanduser()
+    if given.exists() and not given.is_dir():
+        raise NotADirectoryError(f"{given} is a file, not a folder; nothing was written. Pass a new folder for the "
+                                 f"hand-out (e.g. {given.parent / 'handout'})")
+    if os.path.lexists(given) and not given.exists():
+        raise NotADirectoryError(f"{given} is a symbolic link to nothing (a broken link or a link loop); nothing "
+                                 f"was written. Pass a new folder for the hand-out")
+    dest = given.resolve()
+    blocking = next((p for p in dest.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"cannot make {dest}: {blocking} is a file, not a folder; nothing was written")
     if dest == root or root in dest.parents:
         raise ValueError(f"write the hand-out outside the course folder, not into {dest}")
     if dest.exists() and any(dest.iterdir()):
@@ -70,12 +81,13 @@ def write_handout(dest: Path, root: Path | None = None) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.handout", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m course_lib.handout",
+                                     description=__doc__.split("\n")[0].replace("``", ""))  # no RST markup
     parser.add_argument("dest", type=Path, help="a new folder for the learner copy")
     args = parser.parse_args(argv)
     try:
         copied = write_handout(args.dest)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {len(copied)} files to {args.dest.resolve()} (no solutions/). "

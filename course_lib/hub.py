@@ -15,6 +15,7 @@ failure ends in a ``HubError`` whose message names the model and the fix.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -87,6 +88,8 @@ def resolve_source(src: str | os.PathLike, revision: str | None = None,
     path = Path(src).expanduser()
     if path.exists():
         return _local_folder(path)
+    if os.path.lexists(path):  # a symbolic link that leads nowhere: say so, not "not on the Hub"
+        raise FileNotFoundError(_broken_link(path))
 
     from course_lib.assets import ASSETS, asset_path
 
@@ -113,8 +116,28 @@ def resolve_source(src: str | os.PathLike, revision: str | None = None,
     return fetch_snapshot(src, revision, patterns, cache_dir, local_files_only=is_offline())
 
 
+def _broken_link(path: Path) -> str:
+    """Why the symbolic link ``path`` leads to no folder: a loop, or a target that does not exist."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return _loop_message(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return _loop_message(path)
+    return (f"{str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does not exist: point the link at "
+            f"the model folder (ln -sfn FOLDER {path}) or pass the folder itself")
+
+
+def _loop_message(path: Path) -> str:
+    return (f"{str(path)!r} is a symbolic link loop (it leads back to itself: {path} -> {os.readlink(path)} -> ...), "
+            f"so there is no folder there; remove it (rm {path}) and link or pass the real model folder")
+
+
 def _local_folder(path: Path) -> Path:
     path = path.expanduser()
+    if os.path.lexists(path) and not path.exists():
+        raise FileNotFoundError(_broken_link(path))
     if not path.exists():
         raise FileNotFoundError(f"no folder {str(path)!r} (looked in {path.resolve()}): check the path")
     if not path.is_dir():

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from course_lib import hub, quantization
-from course_lib.checkpoint import (BIN_FILES, CheckpointError, CheckpointReader, LoadReport, StateDictMismatchError,
-                                   assign_tensor, check_fully_loaded, load_state, match_keys, weight_files)
+from course_lib.checkpoint import (BIN_FILES, CheckpointError, CheckpointReader, IncompleteLoadWarning, LoadReport,
+                                   StateDictMismatchError, assign_tensor, check_fully_loaded, load_state, match_keys,
+                                   recover_folder, weight_files)
 from course_lib.models import (CLASSIFICATION_TASKS, TASKS, CourseModel, PretrainedConfig, config_from_dict,
                                model_class, task_of_architecture)
 
@@ -64,6 +66,49 @@ def resolve_dtype(dtype, config: PretrainedConfig | None) -> torch.dtype:
         return DTYPES[dtype.removeprefix("torch.")]
     raise ValueError(f"dtype={dtype!r} is not supported: use None, 'auto', 'float32', 'float16', 'bfloat16' "
                      f"or a torch dtype; for integer weights use quantize='int8' or 'int4'")
+
+
+def available_devices() -> list[str]:
+    """The devices this PyTorch can use now: "cpu", then "cuda:0" ..., "mps", "xpu:0" ... where present."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        found += [f"xpu:{i}" for i in range(xpu.device_count())]
+    return found
+
+
+def check_device(device) -> torch.device | None:
+    """``device=`` -> a ``torch.device`` this machine has (None stays None); a clear error naming what it has.
+
+    Checked before anything is downloaded or read: otherwise a CPU-only PyTorch fails deep inside
+    its CUDA initialisation ("Torch not compiled with CUDA enabled") halfway through loading.
+    """
+    if device is None:
+        return None
+    have = available_devices()
+    try:
+        wanted = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r} is not a device name; this machine has: {', '.join(have)} "
+                         f"(e.g. device='cpu' or device='cuda')") from None
+    if wanted.type == "cpu":
+        return wanted
+    if wanted.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only PyTorch (no CUDA in this build)" if torch.version.cuda is None \
+            else "a PyTorch built for CUDA, but no GPU (or driver) is visible"
+        raise ValueError(f"device={device!r}: this machine has {build}; it has: {', '.join(have)}. Use "
+                         f"device='cpu' (or None), or install the CUDA build of PyTorch on a machine with an "
+                         f"NVIDIA GPU")
+    label = str(wanted)  # "cuda", "cuda:1", "mps"
+    if not any(d == label or d.split(":")[0] == label or (d == wanted.type and wanted.index in (None, 0))
+               for d in have):
+        raise ValueError(f"device={device!r} is not available on this machine; it has: {', '.join(have)}")
+    return wanted
 
 
 def model_folder(src: str | os.PathLike, revision: str | None = None) -> Path:
@@ -205,8 +250,10 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
                          f"none: use task='sequence-classification' or 'token-classification'")
     if dtype != "auto":
         resolve_dtype(dtype, None)  # raises for a bad dtype before anything is downloaded
+    check_device(device)
     scheme = _quantize_scheme(quantize)
     folder = model_folder(src, revision)
+    recover_folder(folder)  # a save killed halfway: finish it or remove its temporary files
     config = read_config(folder)
     if labels_given:
         config.set_labels(num_labels, id2label)
@@ -260,4 +307,9 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
         model.to(device)
     check_fully_loaded(model, source)
     model.load_report = report
+    if not report.ok:  # strict=False: this model is not the checkpoint, and the user must hear it
+        warnings.warn(IncompleteLoadWarning(
+            f"load_model(strict=False): {source} did not fill {cls.__name__} (task={task!r}) completely: "
+            f"{report.counts()}; model.load_report.summary() lists every key. The random parts compute "
+            f"nonsense until trained"), stacklevel=2)
     return model.eval()

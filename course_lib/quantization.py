@@ -44,13 +44,14 @@ import contextlib
 import dataclasses
 import functools
 import re
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from course_lib import layers
-from course_lib.checkpoint import release_freed_memory
+from course_lib.checkpoint import CheckpointError, release_freed_memory
 
 SCALE_DTYPE = torch.bfloat16  # scales are stored (and read by the kernels) in bfloat16: 2 bytes each
 BYTES_PER_ELEMENT = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "int4": 0.5}
@@ -365,6 +366,27 @@ INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # the group sizes _weight_int4pack_mm_f
 _BLOCK = 64  # rows j and j + 32 of each block of 64 share a byte; a last block of 16/32/48 rows pairs rows 2j, 2j+1
 
 
+def group_size_advice(width: int, group_size: int) -> str:
+    """Why rows of ``width`` values cannot be quantized in groups of ``group_size``, and group sizes that can.
+
+    The suggestions divide ``width`` (and are even: two 4-bit values share a byte), nearest to
+    the size asked for first; the sizes the int4 kernel takes are named as such.
+    """
+    fits = [g for g in range(2, min(width, 256) + 1, 2) if width % g == 0]
+    message = f"rows of {width} values cannot be cut into groups of {group_size}"
+    if not fits:
+        return (f"{message}, and no even group size divides {width}: leave this layer in float "
+                f"(quantize_model(..., skip=...)) or use 'int8'")
+    near = sorted(sorted(fits, key=lambda g: (abs(g - group_size), -g))[:3])
+    fast = [g for g in near if g in INT4_KERNEL_GROUPS]
+    listed = ", ".join(map(str, near[:-1])) + (" or " if len(near) > 1 else "") + str(near[-1])
+    speed = (f"PyTorch's int4 kernel takes {' and '.join(map(str, fast))}" if fast else
+             f"PyTorch's int4 kernel takes only {', '.join(map(str, INT4_KERNEL_GROUPS))}: other sizes run on "
+             f"the slower reference path")
+    return (f"{message}: use a group size that divides {width}, e.g. {listed} (scheme "
+            f"'int4-g{(fast or near)[-1]}'; {speed}), or leave this layer in float (quantize_model(..., skip=...))")
+
+
 def padded_rows(n: int) -> int:
     """The int4 kernel needs a multiple of 16 rows: GPT-2's 50,257-row head is padded to 50,272."""
     return -(-n // 16) * 16
@@ -443,8 +465,8 @@ class QuantizedWeight(nn.Module):
         super().__init__()
         self.out_features, self.in_features = out_features, in_features
         self.scheme = parse_scheme(scheme)
-        if self.scheme.bits == 4:
-            group_rows(torch.empty(0, in_features, device="meta"), self.scheme.group_size)  # raises if K % g
+        if self.scheme.bits == 4 and in_features % self.scheme.group_size:
+            raise ValueError(group_size_advice(in_features, self.scheme.group_size))
         self.kernel_layout = kernel_layout  # wanted; ``layout`` says what the buffers hold now
         self.layout = "plain"
         self.compute_dtype = torch.float32  # the dtype outputs come back in (QuantEmbedding)
@@ -512,6 +534,32 @@ class QuantizedWeight(nn.Module):
             self.quantize_(lambda a, b: reader.read_rows(key, a, b))
         release_freed_memory()
 
+    def check_state(self, prefix: str = "", source: str = "the checkpoint", names=("weight_scale", "weight_zero_point")
+                    ) -> None:
+        """Refuse scales and zero points no quantizer writes: a clear error naming the key.
+
+        A scale must be a finite number > 0 (NaN or infinity would spread to every output, 0
+        would erase a row, a negative one flip its sign); a zero point must be a level, 0..15.
+        Checked in the plain layout, as loaded (``use_kernel_layouts``, ``load_state_dict``);
+        ``names``: the buffers to check (those just loaded).
+        """
+        if self.layout != "plain" or any(t is None or t.is_meta for t in self._buffers.values()):
+            return  # converted by us already, or not filled yet (strict=False names what is missing)
+        scale = self.weight_scale.float()
+        bad = ~(torch.isfinite(scale) & (scale > 0))
+        if "weight_scale" in names and bool(bad.any()):
+            where = tuple(bad.nonzero()[0].tolist())
+            at = f"[{', '.join(map(str, where))}]" if where else ""
+            raise CheckpointError(f"{source}: tensor {prefix}weight_scale{at} = {scale[where].item()}: a scale must "
+                                  f"be a finite number > 0 ({int(bad.sum())} of {bad.numel()} are not); the file "
+                                  f"is damaged or was not written by save_pretrained: quantize the float checkpoint "
+                                  f"again (load_model(src, quantize=...))")
+        zero = self._buffers.get("weight_zero_point") if "weight_zero_point" in names else None
+        if zero is not None and bool((zero > 15).any()):
+            where = tuple((zero > 15).nonzero()[0].tolist())
+            raise CheckpointError(f"{source}: tensor {prefix}weight_zero_point[{', '.join(map(str, where))}] = "
+                                  f"{int(zero[where])}: an int4 zero point is a level 0..15; the file is damaged "
+                                  f"or was not written by save_pretrained: quantize the float checkpoint again")
 
     # ---- layouts
     def use_kernel_layout(self) -> "QuantizedWeight":
@@ -571,6 +619,7 @@ class QuantizedWeight(nn.Module):
                 self._buffers[name] = tensor
             self.layout = "plain"
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.check_state(prefix, "load_state_dict", [name for name in self._buffers if prefix + name in state_dict])
         self.use_kernel_layout()
 
     def _apply(self, fn, recurse=True):
@@ -615,6 +664,21 @@ class QuantizedWeight(nn.Module):
             zero = self.weight_zero_point[flat] if self.scheme.zero_point else None
             out = dequantize_int4(unpack_int4(self.weight[flat]), self.weight_scale[flat], zero, dtype)
         return out.reshape(*ids.shape, self.in_features)
+
+    def requantized(self, scheme: "str | Scheme", **kwargs) -> "QuantizedWeight":
+        """A new layer of the same kind holding this one's weight quantized again with ``scheme``.
+
+        The weight is dequantized a block of rows at a time (``rows``) and quantized with the
+        new scheme: its rounding error adds to the first one (``quantize_model`` warns).
+        """
+        new = self._empty_like(scheme, **kwargs)
+        new.compute_dtype = self.compute_dtype
+        if not self.weight.is_meta:
+            new.quantize_(lambda a, b: self.rows(torch.arange(a, b, device=self.weight.device), torch.float32))
+        return new
+
+    def _empty_like(self, scheme, **kwargs) -> "QuantizedWeight":
+        raise NotImplementedError
 
     def uses_kernel(self, x: torch.Tensor) -> bool:
         """True when ``matmul(x)`` will run PyTorch's int8/int4 kernel rather than the reference path."""
@@ -682,6 +746,13 @@ class QuantLinear(QuantizedWeight):
             q.quantize_(lambda a, b: weight.detach()[a:b])
         return q
 
+    def _empty_like(self, scheme, **kwargs) -> "QuantLinear":
+        new = QuantLinear(self.in_features, self.out_features, self.bias is not None, scheme,
+                          device=self.weight.device, **kwargs)
+        if self.bias is not None:
+            new.bias = self.bias
+        return new
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.matmul(x)  # (..., out)
         return y if self.bias is None else y + self.bias
@@ -709,6 +780,10 @@ class QuantEmbedding(QuantizedWeight):
         if not weight.is_meta:
             q.quantize_(lambda a, b: weight.detach()[a:b])
         return q
+
+    def _empty_like(self, scheme, *, as_head: bool = False) -> "QuantEmbedding":
+        return QuantEmbedding(self.num_embeddings, self.embedding_dim, self.padding_idx, scheme, kernel_layout=as_head,
+                              device=self.weight.device)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.rows(ids)  # (..., dim)
@@ -756,6 +831,10 @@ def _is_embedding(module: nn.Module) -> bool:
     return isinstance(module, (layers.Embedding, nn.Embedding))
 
 
+class CompoundedQuantizationWarning(UserWarning):
+    """An already quantized model was quantized again: the two rounding errors add up."""
+
+
 def quantize_model(model: nn.Module, scheme: str | Scheme | torch.dtype, *, skip: tuple[str, ...] = ()) -> nn.Module:
     """Quantize ``model``'s weights in place (every Linear and Embedding); returns ``model``.
 
@@ -764,6 +843,11 @@ def quantize_model(model: nn.Module, scheme: str | Scheme | torch.dtype, *, skip
     name prefixes) to leave in float. A tied output head (GPT-2's ``lm_head``) becomes a
     ``TiedQuantHead`` reading the quantized embedding table: one table for both. On the
     ``meta`` device only the structure changes (``load_model`` fills it while reading).
+
+    A model that is already quantized with another scheme is *converted*: each quantized
+    layer is dequantized and quantized again, with a ``CompoundedQuantizationWarning`` (the
+    second rounding adds to the first; quantizing the original float weights is better).
+    Layers already in ``scheme`` are kept as they are.
     """
     if isinstance(scheme, torch.dtype) or str(scheme).lower() in FLOAT_DTYPES:
         return cast_model(model, scheme)
@@ -772,16 +856,43 @@ def quantize_model(model: nn.Module, scheme: str | Scheme | torch.dtype, *, skip
             for k, v in getattr(model, "tied_weights", {}).items() if k.endswith(".weight")}  # head -> table
     heads = set(tied.values())
     skipped = lambda name: any(name == s or name.startswith(s.rstrip(".") + ".") for s in skip)  # noqa: E731
-    for name, module in list(model.named_modules()):
-        if not name or name in tied or skipped(name):
+    # first decide every layer's fate and check it, so that an error leaves the model as it was
+    plan = []  # (name, module)
+    for name, module in model.named_modules():
+        if not name or name in tied:
             continue
-        if _is_linear(module):
+        quantized = isinstance(module, QuantizedWeight)
+        if skipped(name):
+            if quantized and module.scheme != scheme:
+                raise ValueError(f"{name} is quantized as {module.scheme} and skip= would leave it so in a model "
+                                 f"quantized as {scheme}: a saved model holds one scheme. Drop {name!r} from skip=, "
+                                 f"or quantize the float model instead")
+            continue
+        if quantized and module.scheme == scheme:
+            continue  # already what is asked for
+        if not (quantized or _is_linear(module) or _is_embedding(module)):
+            continue
+        width = module.in_features if quantized or _is_linear(module) else module.embedding_dim
+        if scheme.bits == 4 and width % scheme.group_size:
+            raise ValueError(f"cannot quantize {name} as {scheme}: {group_size_advice(width, scheme.group_size)}")
+        plan.append((name, module))
+    requantized = []
+    for name, module in plan:
+        if isinstance(module, QuantizedWeight):
+            kwargs = {"as_head": name in heads} if isinstance(module, QuantEmbedding) else {}
+            new = module.requantized(scheme, **kwargs)
+            requantized.append(f"{name} ({module.scheme})")
+        elif _is_linear(module):
             new = QuantLinear.from_linear(module, scheme)
-        elif _is_embedding(module):
-            new = QuantEmbedding.from_embedding(module, scheme, as_head=name in heads)
         else:
-            continue
+            new = QuantEmbedding.from_embedding(module, scheme, as_head=name in heads)
         model.set_submodule(name, new)
+    if requantized:
+        warnings.warn(f"the model was already quantized ({', '.join(requantized[:3])}"
+                      f"{f' and {len(requantized) - 3} more' if len(requantized) > 3 else ''}): its integer "
+                      f"weights were dequantized and quantized again as {scheme}, so the two rounding errors add "
+                      f"up (compounded error). For the best {scheme} model quantize the original float weights: "
+                      f"load_model(src, quantize={scheme.name!r})", CompoundedQuantizationWarning, stacklevel=2)
     for head, table in tied.items():
         if isinstance(model.get_submodule(table), QuantEmbedding) and not skipped(head):
             model.set_submodule(head, TiedQuantHead(model.get_submodule(table), table))
@@ -790,10 +901,12 @@ def quantize_model(model: nn.Module, scheme: str | Scheme | torch.dtype, *, skip
     return model
 
 
-def use_kernel_layouts(model: nn.Module) -> nn.Module:
-    """After filling a quantized model's buffers directly (loading a quantized checkpoint): kernel layouts."""
-    for module in model.modules():
+def use_kernel_layouts(model: nn.Module, source: str = "the checkpoint") -> nn.Module:
+    """After filling a quantized model's buffers directly (loading a quantized checkpoint): check every scale and
+    zero point (``QuantizedWeight.check_state``, an error naming the key), then convert to the kernel layouts."""
+    for name, module in model.named_modules():
         if isinstance(module, QuantizedWeight):
+            module.check_state(f"{name}." if name else "", source)
             module.use_kernel_layout()
     return model
 

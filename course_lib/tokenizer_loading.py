@@ -342,6 +342,29 @@ def _add_tokens(tok, folder: Path, specials: dict[str, dict], settings: dict) ->
                              f"download the tokenizer files again")
 
 
+# ---------------------------------------------------------------------------- text in
+
+def check_text(text, name: str = "text") -> str:
+    """``text`` if it is a ``str`` that UTF-8 can encode; a clear ``TypeError``/``ValueError`` otherwise.
+
+    A *lone surrogate* (``"\\ud800"``: half of a UTF-16 pair, not a character; it comes from a
+    JSON escape such as ``"\\ud83d"`` without its partner, or from bytes decoded with
+    ``errors="surrogateescape"``) cannot be tokenized: the error names its position.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__} ({text!r:.60}); for token ids use "
+                        f"the model directly (model.generate for a decoder)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{name} has a lone surrogate {text[err.start]!r} at position {err.start} (half of a "
+                         f"UTF-16 pair, not a character): UTF-8 cannot encode it, so no tokenizer can read it. "
+                         f"Repair the text (a pair split by a JSON escape joins again with "
+                         f"text.encode('utf-16', 'surrogatepass').decode('utf-16')), or drop it: "
+                         f"text.encode('utf-8', 'ignore').decode()") from None
+    return text
+
+
 # ---------------------------------------------------------------------------- batches
 
 def encode_batch(tok, texts: str | list[str], max_length: int | None = None, padding: bool = True,
@@ -360,9 +383,14 @@ def encode_batch(tok, texts: str | list[str], max_length: int | None = None, pad
     """
     if isinstance(texts, str):
         texts = [texts]
+    if texts is None or isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}"
+                        f"{'' if texts is None else f' ({texts!r:.60})'}: pass e.g. [\"first text\", \"second\"]")
     texts = list(texts)
-    if not texts or not all(isinstance(t, str) for t in texts):
-        raise TypeError("texts must be a non-empty list of strings")
+    if not texts:
+        raise ValueError("texts is an empty list: pass at least one string")
+    for i, text in enumerate(texts):
+        check_text(text, f"texts[{i}]")
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
     if return_tensors not in ("pt", None):

@@ -458,6 +458,21 @@ def test_an_interrupted_save_leaves_the_previous_file_intact(tmp_path, monkeypat
     assert load_model(tmp_path).load_report.ok
 
 
+def test_a_failure_after_the_weights_leaves_no_new_weights_beside_the_old_config(tmp_path, monkeypatch):
+    """The config is written after the weights: failing there must not leave the new weights in place."""
+    tiny(seed=10).save_pretrained(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def failing_write_text(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", failing_write_text)
+    with pytest.raises(OSError, match="No space left"):
+        tiny(seed=11).save_pretrained(tmp_path)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 # ------------------------------------------------------------------- chapter 05's exercise references:
 # the safetensors format by hand, tied groups, shard plans (safetensors, huggingface_hub and
 # transformers are the oracles)

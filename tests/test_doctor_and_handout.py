@@ -73,3 +73,25 @@ def test_handout_refuses_a_non_empty_folder(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         write_handout(tmp_path)
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("where", ["a file", "inside a file"])
+def test_handout_into_a_file_is_a_clear_error(tmp_path, capsys, where):
+    from course_lib import handout
+
+    (tmp_path / "handout.zip").write_bytes(b"precious")
+    dest = tmp_path / "handout.zip" if where == "a file" else tmp_path / "handout.zip" / "course"
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder; nothing was written"):
+        write_handout(dest)
+    assert handout.main([str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "handout.zip is a file" in err and "Traceback" not in err
+    assert (tmp_path / "handout.zip").read_bytes() == b"precious"
+
+
+def test_handout_help_is_plain_text(capsys):
+    from course_lib import handout
+
+    with pytest.raises(SystemExit):
+        handout.main(["--help"])
+    assert "``" not in capsys.readouterr().out

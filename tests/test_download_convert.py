@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import shutil
 from pathlib import Path
 
@@ -131,6 +132,85 @@ def test_convert_refuses_an_unsafe_pickle(tmp_path, capsys):
     assert "refused to load" in err and "Nothing from it was executed" in err and "Traceback" not in err
     assert not marker.exists()
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def another_checkpoint(tmp_path) -> Path:
+    """A DST that already holds another model: config, weights, a sharded leftover, a tokenizer, the user's notes."""
+    torch.manual_seed(1)
+    dst = tmp_path / "dst"
+    BertModel(EncoderConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                            vocab_size=100, max_position_embeddings=64)).save_pretrained(dst)
+    (dst / "model-00001-of-00002.safetensors").write_bytes(b"a stale shard")
+    (dst / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    (dst / "tokenizer.json").write_text("{}")
+    (dst / "notes.md").write_text("mine")
+    return dst
+
+
+def test_convert_refuses_a_destination_holding_another_checkpoint(legacy_bin, another_checkpoint, capsys):
+    before = folder_bytes(another_checkpoint)
+    assert convert.main([str(legacy_bin[0]), str(another_checkpoint)]) == 1
+    err = capsys.readouterr().err
+    for needle in ("error: convert:", "already holds another checkpoint", "hidden_size: 64 there, 32 here",
+                   "--overwrite", "tokenizer.json", "Nothing was written"):
+        assert needle in err, (needle, err)
+    assert folder_bytes(another_checkpoint) == before  # nothing replaced, nothing added
+
+
+def test_convert_overwrite_replaces_it_and_removes_its_stale_files(legacy_bin, another_checkpoint, capsys):
+    src, model = legacy_bin
+    assert convert.main([str(src), str(another_checkpoint), "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert "removed the old checkpoint's model-00001-of-00002.safetensors, model.safetensors.index.json, " \
+           "tokenizer.json (--overwrite)" in out
+    assert sorted(p.name for p in another_checkpoint.iterdir()) == ["config.json", "model.safetensors", "notes.md",
+                                                                    "tokenizer_config.json", "vocab.txt"]
+    assert (another_checkpoint / "notes.md").read_text() == "mine"
+    assert same_outputs(load_model(another_checkpoint, task="masked-lm"), model)
+
+
+def test_convert_again_into_its_own_earlier_output_needs_no_flag(legacy_bin, tmp_path):
+    dst = tmp_path / "out"
+    assert convert.main([str(legacy_bin[0]), str(dst)]) == 0
+    first = folder_bytes(dst)
+    assert convert.main([str(legacy_bin[0]), str(dst)]) == 0  # the same model: a re-run, not another checkpoint
+    assert folder_bytes(dst) == first
+
+
+def test_convert_into_a_file_or_an_unrelated_folder(legacy_bin, tmp_path, capsys):
+    (tmp_path / "out.safetensors").write_bytes(b"precious")
+    assert convert.main([str(legacy_bin[0]), str(tmp_path / "out.safetensors")]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "out.safetensors").read_bytes() == b"precious"
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    (unrelated / "notes.md").write_text("mine")
+    assert convert.main([str(legacy_bin[0]), str(unrelated)]) == 0  # only the user's files: written beside them
+    assert (unrelated / "notes.md").read_text() == "mine" and (unrelated / "model.safetensors").is_file()
+
+
+def test_convert_writes_ordinary_permissions_and_leaves_no_temporary_files(legacy_bin, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert convert.main([str(legacy_bin[0]), str(tmp_path / "out")]) == 0
+    finally:
+        os.umask(old)
+    names = [p.name for p in (tmp_path / "out").iterdir()]
+    assert not [n for n in names if n.startswith(".")]
+    assert (tmp_path / "out" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_convert_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        convert.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and "--overwrite" in out and "pytorch_model.bin" in out
 
 
 def test_convert_without_arguments_is_a_usage_error(capsys):

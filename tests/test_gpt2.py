@@ -152,7 +152,7 @@ def test_right_padding_and_bad_shapes_are_refused(model):
     ids = prompt(4, batch=2)
     with pytest.raises(ValueError, match="pad batches for generation on the left"):
         model.generate(ids, 3, attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]))
-    with pytest.raises(ValueError, match="attention_mask has shape"):
+    with pytest.raises(ValueError, match="attention_mask covers 3 tokens, input_ids has 4"):
         model.generate(ids, 3, attention_mask=torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="at least one token.*BOS"):
         model.generate(torch.zeros(1, 0, dtype=torch.long), 3)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib.checkpoint import (CheckpointError, CorruptCheckpointError, StateDictMismatchError,
-                                   UnsafeCheckpointError)
+from course_lib.checkpoint import (CheckpointError, CorruptCheckpointError, IncompleteLoadWarning,
+                                   StateDictMismatchError, UnsafeCheckpointError)
 from course_lib.hub import ModelNotCachedError
 from course_lib.loading import load_model
 from course_lib.models.encoder import BertModel, EncoderConfig
@@ -298,6 +298,20 @@ def test_a_shard_index_listing_a_missing_shard(tmp_path, good, fmt):
     assert first not in str(err.value)
 
 
+@pytest.mark.parametrize("weight_map, words", [
+    ([], "'weight_map' must be a non-empty JSON object"), ({}, "'weight_map' must be a non-empty JSON object"),
+    ("model.safetensors", "found a string"), ({"a": None}, "'a' maps to null"),
+    ({"a": ["x.safetensors"]}, "'a' maps to a list")])
+def test_a_weight_map_of_the_wrong_shape(tmp_path, good, weight_map, words):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(good[0] / "config.json", folder)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CorruptCheckpointError, match=words) as err:
+        load_model(folder)
+    assert str(folder / "model.safetensors.index.json") in str(err.value)
+
+
 def test_a_broken_shard_index(tmp_path, good):
     folder = tmp_path / "model"
     folder.mkdir()
@@ -339,8 +353,12 @@ def test_strict_loading_reports_every_problem_at_once(mismatched):
 
 
 def test_non_strict_loading_keeps_random_init_and_reports(mismatched, good):
-    model = load_model(mismatched, strict=False)
+    with pytest.warns(IncompleteLoadWarning, match="1 missing .*1 unexpected .*1 with the wrong shape"):
+        model = load_model(mismatched, strict=False)
     report = model.load_report
+    assert report.summary().splitlines()[0].endswith(
+        "INCOMPLETE (strict=False): 1 missing (random init), 1 unexpected (ignored), 1 with the wrong shape "
+        "(random init)")
     assert report.missing == ["encoder.layer.1.output.dense.bias"]
     assert report.unexpected == ["encoder.layer.0.surprise.weight"]
     assert [m[0] for m in report.mismatched] == ["embeddings.position_embeddings.weight"]

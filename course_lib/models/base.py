@@ -8,11 +8,26 @@ keys of the same architecture, so loading a published checkpoint is a name-to-na
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import os
+import re
+import types
+import typing
 from pathlib import Path
 
 from torch import nn
+
+# Ranges of the fields every architecture names the Hugging Face way, by name: (pattern, test, "must be ...").
+# Sizes and counts must be >= 1 (``vocab_size: 0`` or ``-5`` would only fail later, deep inside torch).
+FIELD_RANGES: tuple[tuple[str, typing.Callable[[float], bool], str], ...] = (
+    (r"^(num_|n_)|_size$|^max_position_embeddings$", lambda v: v >= 1, "at least 1"),
+    (r"(_prob|pdrop|dropout)$", lambda v: 0 <= v <= 1, "between 0 and 1"),
+    (r"(^|_)(eps|epsilon)$", lambda v: v > 0, "greater than 0"),
+    (r"_token_id$", lambda v: v >= 0, "0 or more"),
+    (r"^initializer_range$", lambda v: v >= 0, "0 or more"),
+)
 
 # transformers' PretrainedConfig.problem_type values (None: decided from the labels' dtype and count)
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
@@ -39,17 +54,51 @@ class PretrainedConfig:
     # model_type -> {field: default} overriding the dataclass defaults (e.g. RoBERTa's pad id)
     TYPE_DEFAULTS = {}
 
+    # (pattern, test, "must be ...") rules for the values of fields, by name; a subclass may add its own
+    FIELD_RANGES = FIELD_RANGES
+
     @classmethod
     def from_dict(cls, values: dict) -> "PretrainedConfig":
+        """The config from ``config.json``'s values: each field's type checked against the dataclass's
+        annotation, then the architecture's own rules (``validate``), then value ranges; a
+        ``ValueError`` that names the field, the value and what it must be."""
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         model_type = values.get("model_type", "")
         known = dict(cls.TYPE_DEFAULTS.get(model_type, {}))
         known.update({k: v for k, v in values.items() if k in names})
         extra = {k: v for k, v in values.items() if k not in names}
+        cls.check_types(known)
         config = cls(**known, extra=extra)
         config.validate()
+        config.check_ranges()
         config.validate_common()
         return config
+
+    @classmethod
+    def check_types(cls, values: dict) -> None:
+        """``ValueError`` for the first value whose JSON type does not fit its field's annotation
+        (``"n_head": "2"``, ``"vocab_size": 3.5``, ``"hidden_dropout_prob": NaN``)."""
+        hints = _field_types(cls)
+        for name, value in values.items():
+            expected = hints.get(name)
+            if expected is not None and not _fits(value, expected):
+                raise ValueError(f"{name} must be {_type_words(expected)}, got {_describe(value)}"
+                                 f"{_quote_hint(name, value, expected)}")
+
+    def check_ranges(self) -> None:
+        """``ValueError`` for a field whose value is outside its range (``FIELD_RANGES``: sizes >= 1,
+        probabilities in [0, 1], eps > 0, token ids >= 0); a pad token id must index the vocabulary."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            for pattern, test, words in self.FIELD_RANGES:
+                if re.search(pattern, field.name) and not test(value):
+                    raise ValueError(f"{field.name} must be {words}, got {value!r}")
+        pad, vocab = getattr(self, "pad_token_id", None), getattr(self, "vocab_size", None)
+        if isinstance(pad, int) and isinstance(vocab, int) and not isinstance(pad, bool) and pad >= vocab:
+            raise ValueError(f"pad_token_id={pad} must be smaller than vocab_size={vocab}: it is a row of the "
+                             f"embedding table")
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "PretrainedConfig":
@@ -192,6 +241,60 @@ class PretrainedConfig:
         return {**self.extra, **values}
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, object]:
+    """{field: its annotation as a type} (``int``, ``int | None`` ...), the string annotations resolved."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve: check none rather than fail
+        return {}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "extra" and f.name in hints}
+
+
+def _fits(value, expected) -> bool:
+    """Whether a JSON value fits an annotation; annotations other than int/float/str/bool/None (and unions
+    of them) are not checked."""
+    if isinstance(expected, types.UnionType) or typing.get_origin(expected) is typing.Union:
+        return any(_fits(value, member) for member in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if expected is str:
+        return isinstance(value, str)
+    return True
+
+
+def _type_words(expected) -> str:
+    if isinstance(expected, types.UnionType) or typing.get_origin(expected) is typing.Union:
+        return " or ".join(_type_words(member) for member in typing.get_args(expected))
+    return {int: "an integer", float: "a finite number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(expected, getattr(expected, "__name__", str(expected)))
+
+
+def _describe(value) -> str:
+    kind = {str: "the string", bool: "the boolean", float: "the number", int: "the number", list: "the list",
+            dict: "the object", type(None): ""}.get(type(value), type(value).__name__)
+    shown = json.dumps(value) if isinstance(value, (str, bool, list, dict, type(None))) else repr(value)
+    return f"{kind} {shown[:60]}".strip()
+
+
+def _quote_hint(name: str, value, expected) -> str:
+    """``"n_head": "2"`` -> a hint to drop the quotes."""
+    if isinstance(value, str):
+        try:
+            number = json.loads(value)
+        except ValueError:
+            return ""
+        if not isinstance(number, bool) and isinstance(number, (int, float)) and _fits(number, expected):
+            return f' (a number in quotes: write "{name}": {value} without the quotes)'
+    return ""
+
+
 class CourseModel(nn.Module):
     """Base class of the course's models (the role of ``transformers.PreTrainedModel``).
 
@@ -259,11 +362,17 @@ class CourseModel(nn.Module):
             seen[name] = p.numel()
         return sum(seen.values())
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` in the Hugging Face layout; returns the folder."""
+    def save_pretrained(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` in the Hugging Face layout; returns the folder.
+
+        All or nothing: a failed or killed save leaves the folder as it was. A folder holding
+        another model's checkpoint is refused unless ``overwrite=True`` (which removes that
+        checkpoint's other weights, index and tokenizer files); saving the same model again (an
+        equal config) over its own folder is allowed (``course_lib.checkpoint.save_checkpoint``).
+        """
         from course_lib.checkpoint import save_checkpoint
 
-        return save_checkpoint(self, folder)
+        return save_checkpoint(self, folder, overwrite=overwrite)
 
     def resize_token_embeddings(self, new_num_tokens: int) -> nn.Module:
         """``course_lib.surgery.resize_token_embeddings(self, new_num_tokens)``: returns the input embeddings."""

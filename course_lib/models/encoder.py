@@ -42,7 +42,8 @@ __all__ = [
     "Encoder", "Pooler", "BertModel", "RobertaModel", "BertLMHead", "RobertaLMHead", "BertForMaskedLM",
     "RobertaForMaskedLM", "fill_mask_top_k", "mean_pooling", "sentence_embeddings",
     "BertForSequenceClassification", "RobertaClassificationHead", "RobertaForSequenceClassification",
-    "BertForTokenClassification", "RobertaForTokenClassification",
+    "BertForTokenClassification", "RobertaForTokenClassification", "check_index_tensor", "check_input_ids",
+    "check_same_shape", "check_attention_mask", "check_position_ids", "check_encoder_inputs",
 ]
 
 
@@ -346,6 +347,167 @@ class Pooler(nn.Module):
 
 
 # --------------------------------------------------------------------------------------
+# Checking the inputs once, where they enter the model
+#
+# A wrong input must fail at the entry with a message that names the fix, not silently (a
+# negative id would read the table's *last* row: Python indexing) nor deep inside torch.
+# Checking a dtype or a shape reads only metadata: free. Checking the values' range is one
+# pass over the tensor (``aminmax``); GPT-2's one-token decoding steps skip that pass
+# (``GPT2Model.check_inputs``), and so does a trace or a compilation (``torch.onnx``,
+# ``torch.compile``), where a value read in Python would be baked into the graph.
+
+INDEX_DTYPES = (torch.int64, torch.int32)  # what an embedding lookup takes
+
+
+def _can_read_values(tensor: torch.Tensor) -> bool:
+    """False where a value cannot or must not be read in Python: a meta tensor, a trace, a compilation."""
+    return not (tensor.is_meta or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def _first_bad(bad: torch.Tensor) -> tuple[int, ...]:
+    """The index of the first True in ``bad`` (called only on the error path)."""
+    return tuple(bad.nonzero()[0].tolist())
+
+
+def check_index_tensor(ids, name: str, limit: int, table: str, *, check_values: bool = True,
+                       fix_low: str = "", fix_high: str = "") -> None:
+    """``ids`` must be an int64/int32 tensor (B, T) whose values index a table of ``limit`` rows.
+
+    ``name``: the argument ("input_ids"); ``table``: what the rows are, for the message
+    ("model's vocabulary (vocab_size=30522)"); ``fix_low`` / ``fix_high``: what to do about a
+    negative value / one >= ``limit``. ``check_values=False``: the free checks only (type,
+    dtype, rank), no pass over the values.
+    """
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, tokens), got {type(ids).__name__}: "
+                        f"wrap it, e.g. torch.tensor([ids]) for one sequence")
+    if ids.dtype not in INDEX_DTYPES:
+        if ids.dtype == torch.bool:
+            why = "a bool tensor is a mask, not ids (pass masks as attention_mask)"
+        elif ids.is_floating_point() or ids.is_complex():
+            why = "ids are whole numbers: convert with .long() (a float here often means the ids were computed)"
+        else:
+            why = "convert with .long()"
+        raise TypeError(f"{name} must hold integer indices (torch.long), got dtype {ids.dtype}: {why}")
+    if ids.dim() != 2:
+        if ids.dim() == 1:
+            raise ValueError(f"{name} has shape {tuple(ids.shape)}: one sequence without a batch dimension; the "
+                             f"model takes (batch, tokens): add one with {name}[None] (or .unsqueeze(0))")
+        raise ValueError(f"{name} must be 2-D (batch, tokens), got shape {tuple(ids.shape)}")
+    if not check_values or not _can_read_values(ids) or ids.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.aminmax(ids))  # one pass over the values
+    if low < 0 or high >= limit:
+        where = _first_bad((ids < 0) | (ids >= limit))
+        value = int(ids[where])
+        index = ", ".join(map(str, where))
+        hint = (f"indices start at 0 (-1 and -100 mark padding or ignored labels; they are not ids){fix_low}"
+                if value < 0 else fix_high)
+        raise ValueError(f"{name}[{index}] = {value} is outside [0, {limit}), the {table}: {hint}")
+
+
+def check_input_ids(input_ids, vocab_size: int, *, check_values: bool = True) -> None:
+    """``input_ids`` (B, T) int64 (or int32) with every id in [0, vocab_size); a clear error otherwise."""
+    check_index_tensor(input_ids, "input_ids", vocab_size, f"model's vocabulary (vocab_size={vocab_size})",
+                       check_values=check_values,
+                       fix_low="; put the pad token's id at padded places and 0 in attention_mask",
+                       fix_high="the ids come from another tokenizer (a larger vocabulary): encode with this "
+                                "model's own tokenizer (load_tokenizer of the same source)")
+
+
+def check_same_shape(tensor, name: str, input_ids: torch.Tensor) -> None:
+    """``tensor`` must have ``input_ids``' shape: one value per token (no broadcasting over the batch)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor shaped like input_ids {tuple(input_ids.shape)}, "
+                        f"got {type(tensor).__name__}")
+    if tensor.shape != input_ids.shape:
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)}, input_ids {tuple(input_ids.shape)}: they must "
+                         f"be the same shape, one value per token (a different batch size would broadcast into "
+                         f"outputs for sequences that do not exist)")
+
+
+def check_attention_mask(attention_mask, shape: tuple[int, int], *, cached: int = 0,
+                         check_values: bool = True) -> None:
+    """``attention_mask`` (B, L): 1 = token, 0 = padding, of exactly ``shape``; a clear error otherwise.
+
+    ``shape`` is (batch of input_ids, tokens the mask must cover: ``cached`` + new ones).
+    Values other than 0 and 1 are refused: GPT-2 counts positions with the mask's cumulative
+    sum, so a 2 or a 0.5 would shift them silently. A bool mask needs no pass over its values.
+    """
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor of shape {tuple(shape)} (1 = token, 0 = padding), "
+                        f"got {type(attention_mask).__name__}")
+    got = tuple(attention_mask.shape)
+    if got != tuple(shape):
+        batch, length = shape
+        if attention_mask.dim() != 2:
+            raise ValueError(f"attention_mask must be 2-D (batch, tokens) = {tuple(shape)}, got shape {got}")
+        if got[0] != batch:
+            raise ValueError(f"attention_mask has batch {got[0]}, input_ids batch {batch}: one mask row per "
+                             f"sequence (a different batch would broadcast into outputs for sequences that do "
+                             f"not exist); pass the mask encode_batch returned with these ids")
+        if cached:
+            raise ValueError(f"attention_mask covers {got[1]} tokens, but there are {cached} cached + "
+                             f"{length - cached} new = {length}: pass the mask of every token so far")
+        raise ValueError(f"attention_mask covers {got[1]} tokens, input_ids has {length}: one value per token "
+                         f"(shape {tuple(shape)})")
+    if (not check_values or attention_mask.dtype == torch.bool or not _can_read_values(attention_mask)
+            or attention_mask.numel() == 0):
+        return
+    if attention_mask.is_floating_point():
+        bad = (attention_mask != 0) & (attention_mask != 1)
+        wrong = bool(bad.any())
+    else:
+        low, high = (int(v) for v in torch.aminmax(attention_mask))
+        wrong = low < 0 or high > 1
+        bad = (attention_mask != 0) & (attention_mask != 1) if wrong else None
+    if wrong:
+        where = _first_bad(bad)
+        raise ValueError(f"attention_mask[{', '.join(map(str, where))}] = {attention_mask[where].item()}: a mask "
+                         f"holds 1 for a token and 0 for padding, nothing else (other values would change "
+                         f"positions or weights silently); use the mask encode_batch returns, or (mask != 0).long()")
+
+
+def check_position_ids(position_ids, input_ids: torch.Tensor, max_positions: int, *,
+                       check_values: bool = True) -> None:
+    """Explicit ``position_ids``: (1 or B, T) indices into the position table of ``max_positions`` rows."""
+    check_index_tensor(position_ids, "position_ids", max_positions,
+                       f"rows of the position table (max_position_embeddings / n_positions = {max_positions})",
+                       check_values=False)
+    B, T = input_ids.shape
+    if position_ids.size(0) not in (1, B) or position_ids.size(1) != T:
+        raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, input_ids {(B, T)}: give one "
+                         f"position per token, (1, {T}) for every sequence alike or ({B}, {T})")
+    check_index_tensor(position_ids, "position_ids", max_positions,
+                       f"rows of the position table (max_position_embeddings / n_positions = {max_positions})",
+                       check_values=check_values, fix_high="shorten the input, or leave position_ids out")
+
+
+def check_encoder_inputs(config: EncoderConfig, input_ids, attention_mask=None, token_type_ids=None,
+                         position_ids=None) -> None:
+    """Every input of an encoder's ``forward`` checked once, at ``BertModel.forward``'s entry (task heads call it).
+
+    input_ids (B, T) integer ids in [0, vocab_size); attention_mask (B, T) of 0/1;
+    token_type_ids (B, T) in [0, type_vocab_size); position_ids (1 or B, T). A clear error
+    naming the argument, the value and the fix otherwise.
+    """
+    check_input_ids(input_ids, config.vocab_size)
+    if attention_mask is not None:
+        check_attention_mask(attention_mask, tuple(input_ids.shape))
+    if token_type_ids is not None:
+        check_same_shape(token_type_ids, "token_type_ids", input_ids)
+        types = config.type_vocab_size
+        check_index_tensor(token_type_ids, "token_type_ids", types,
+                           f"token types this model has (type_vocab_size={types})",
+                           fix_low="; use the tokenizer's encoding.type_ids",
+                           fix_high="this model has one token type (RoBERTa): leave token_type_ids out"
+                           if types == 1 else f"0 marks the first text of a pair, 1 the second: use the "
+                                              f"tokenizer's encoding.type_ids")
+    if position_ids is not None:
+        check_position_ids(position_ids, input_ids, config.max_position_embeddings)
+
+
+# --------------------------------------------------------------------------------------
 # The bare models: token ids -> one vector per token
 
 class BertModel(CourseModel):
@@ -369,6 +531,7 @@ class BertModel(CourseModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T) int64; attention_mask (B, T), 1 = token, 0 = padding -> (B, T, C)."""
+        check_encoder_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids)  # clear errors
         mask = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, T) bool
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, C)
         return self.encoder(hidden_states, mask)  # (B, T, C)

@@ -40,6 +40,7 @@ from torch import nn
 from course_lib.layers import (Dropout, Embedding, LayerNorm, Linear, activation, causal_mask, merge_heads,
                                padding_mask, scaled_dot_product_attention, split_heads)
 from course_lib.models.base import CourseModel, PretrainedConfig
+from course_lib.models.encoder import check_attention_mask, check_input_ids, check_position_ids
 
 __all__ = ["GPT2Config", "GPT2Attention", "PrunedGPT2Attention", "GPT2MLP", "GPT2Block", "GPT2Model",
            "GPT2LMHeadModel", "CONV1D_WEIGHTS", "gpt2_position_ids", "gpt2_attention_mask"]
@@ -242,9 +243,11 @@ class GPT2Model(CourseModel):
         ``attention_mask`` (B, P + T): 1 = token, 0 = padding, for every token so far
         (cached and new). ``kv_cache``: a ``course_lib.generation.KVCache``; the new
         tokens' keys and values are appended to it, and they attend to everything in it.
+        The inputs are checked first (``check_inputs``).
         """
-        T = input_ids.size(1)
         past = kv_cache.length if kv_cache is not None else 0
+        self.check_inputs(input_ids, attention_mask, position_ids, past, decoding=kv_cache is not None)
+        T = input_ids.size(1)
         if past + T > self.config.n_positions:  # a shape check: no pass over the ids
             raise ValueError(f"{past} cached + {T} new tokens is more than the {self.config.n_positions} positions "
                              f"GPT-2's wpe table has: shorten the prompt or generate fewer tokens")
@@ -255,6 +258,26 @@ class GPT2Model(CourseModel):
         for i, block in enumerate(self.h):
             x = block(x, mask, None if kv_cache is None else kv_cache.layers[i])
         return self.ln_f(x)  # (B, T, C)
+
+    def check_inputs(self, input_ids, attention_mask=None, position_ids=None, past_length: int = 0,
+                     decoding: bool = False) -> None:
+        """A clear error for a wrong input: dtype, shape (B, T), ids in [0, vocab_size), a 0/1 mask (B, P + T).
+
+        Decoding steps must cost nothing extra: with a cache (``decoding``) a one-token call
+        gets only the checks that read metadata (type, dtype, shapes), not the pass over
+        the values — its ids come from the model's own logits, and ``generate_ids``
+        checked the prompt's values once. Every other call (a prompt, a whole sequence) is
+        checked in full: one ``aminmax`` over the ids and one over the mask.
+        """
+        check_input_ids(input_ids, self.config.vocab_size, check_values=False)  # type, dtype, (B, T)
+        B, T = input_ids.shape
+        values = not (decoding and T == 1)
+        if values:
+            check_input_ids(input_ids, self.config.vocab_size)
+        if attention_mask is not None:
+            check_attention_mask(attention_mask, (B, past_length + T), cached=past_length, check_values=values)
+        if position_ids is not None:
+            check_position_ids(position_ids, input_ids, self.config.n_positions, check_values=values)
 
 
 class GPT2LMHeadModel(CourseModel):
