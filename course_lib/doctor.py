@@ -30,10 +30,12 @@ REQUIRED = {
     "matplotlib": "plots in the notebooks",
     "tqdm": "progress bars",
     "ipywidgets": "progress bars in notebooks",
+    "pillow": "decoding images (chapter 10)",
 }
 LAB = {"jupyterlab": "the notebook app", "ipykernel": "the Python kernel for notebooks"}
 TESTS = {"pytest": "tests", "nbval": "notebook tests", "hypothesis": "property tests",
-         "transformers": "reference outputs in tests (never imported by course_lib)"}
+         "transformers": "reference outputs in tests (never imported by course_lib)",
+         "scikit-image": "real photos for the image-preprocessing tests"}
 
 OK, WARN, FAIL, INFO = "[OK]  ", "[WARN]", "[FAIL]", "[INFO]"
 

@@ -223,10 +223,11 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
     ``src``: a Hub id (``"roberta-base"``, ``"sentence-transformers/all-MiniLM-L6-v2"``), a
     course asset name, or a folder with ``config.json`` and weights.
     ``task``: ``"auto"`` (the architecture's default: ``"base"`` for BERT/RoBERTa,
-    ``"causal-lm"`` for GPT-2),
+    ``"causal-lm"`` for GPT-2, ``"image-classification"`` for ViT),
     ``"base"`` (hidden states), ``"masked-lm"`` or ``"causal-lm"`` (logits),
-    ``"sequence-classification"`` (logits (B, num_labels)) or ``"token-classification"``
-    (logits (B, T, num_labels)); the classes are config.json's ``id2label``.
+    ``"sequence-classification"`` (logits (B, num_labels)), ``"token-classification"``
+    (logits (B, T, num_labels)) or ``"image-classification"`` (logits (B, num_labels) from
+    pixel_values (B, 3, H, W)); the classes are config.json's ``id2label``.
     ``num_labels`` / ``id2label`` (classification only): the classes of the head, as
     ``from_pretrained`` takes them. When the file has no head (a pretrained encoder to
     fine-tune), a new one is initialised: weights N(0, initializer_range) from torch's

@@ -7,7 +7,9 @@
 - ``"causal-lm"``: decoder + LM head, logits (B, T, V) (GPT-2, chapter 06);
 - ``"sequence-classification"``: encoder + classifier on the first token, logits (B, num_labels);
 - ``"token-classification"``: encoder + classifier on every token, logits (B, T, num_labels)
-  (chapter 08; ``num_labels`` and ``id2label`` come from config.json).
+  (chapter 08; ``num_labels`` and ``id2label`` come from config.json);
+- ``"image-classification"``: an image model + classifier, logits (B, num_labels) from
+  ``pixel_values`` (B, 3, H, W) (chapter 10: ViT).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from course_lib.models.encoder import (BertForMaskedLM, BertForSequenceClassific
                                        RobertaForSequenceClassification, RobertaForTokenClassification,
                                        RobertaModel)
 from course_lib.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
+from course_lib.models.vit import ViTConfig, ViTForImageClassification, ViTModel
 
-TASKS = ("auto", "base", "masked-lm", "causal-lm", "sequence-classification", "token-classification")
-CLASSIFICATION_TASKS = ("sequence-classification", "token-classification")
+TASKS = ("auto", "base", "masked-lm", "causal-lm", "sequence-classification", "token-classification",
+         "image-classification")
+CLASSIFICATION_TASKS = ("sequence-classification", "token-classification", "image-classification")
 
 _BERT = {"base": BertModel, "masked-lm": BertForMaskedLM, "sequence-classification": BertForSequenceClassification,
          "token-classification": BertForTokenClassification}
@@ -35,10 +39,12 @@ ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, type[CourseMode
     # XLM-RoBERTa is RoBERTa with a larger (SentencePiece) vocabulary: the same code path
     "xlm-roberta": (EncoderConfig, _ROBERTA, "base"),
     "gpt2": (GPT2Config, {"base": GPT2Model, "causal-lm": GPT2LMHeadModel}, "causal-lm"),
+    "vit": (ViTConfig, {"base": ViTModel, "image-classification": ViTForImageClassification}, "image-classification"),
 }
 
 # How transformers' class names end, for each task (config.json's "architectures" says which head a file holds)
-_ARCHITECTURE_SUFFIXES = (("ForSequenceClassification", "sequence-classification"),
+_ARCHITECTURE_SUFFIXES = (("ForImageClassification", "image-classification"),
+                          ("ForSequenceClassification", "sequence-classification"),
                           ("ForTokenClassification", "token-classification"), ("ForMaskedLM", "masked-lm"),
                           ("ForPreTraining", "masked-lm"), ("LMHeadModel", "causal-lm"), ("ForCausalLM", "causal-lm"),
                           ("Model", "base"))
@@ -91,4 +97,4 @@ __all__ = ["ARCHITECTURES", "TASKS", "CLASSIFICATION_TASKS", "CourseModel", "Pre
            "architecture", "config_from_dict", "model_class", "task_of_architecture", "BertModel", "BertForMaskedLM",
            "BertForSequenceClassification", "BertForTokenClassification", "RobertaModel", "RobertaForMaskedLM",
            "RobertaForSequenceClassification", "RobertaForTokenClassification", "GPT2Config", "GPT2Model",
-           "GPT2LMHeadModel"]
+           "GPT2LMHeadModel", "ViTConfig", "ViTModel", "ViTForImageClassification"]
