@@ -223,7 +223,7 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
     ``src``: a Hub id (``"roberta-base"``, ``"sentence-transformers/all-MiniLM-L6-v2"``), a
     course asset name, or a folder with ``config.json`` and weights.
     ``task``: ``"auto"`` (the architecture's default: ``"base"`` for BERT/RoBERTa,
-    ``"causal-lm"`` for GPT-2, ``"image-classification"`` for ViT),
+    ``"causal-lm"`` for GPT-2, ``"image-classification"`` for ResNet and ViT),
     ``"base"`` (hidden states), ``"masked-lm"`` or ``"causal-lm"`` (logits),
     ``"sequence-classification"`` (logits (B, num_labels)), ``"token-classification"``
     (logits (B, T, num_labels)) or ``"image-classification"`` (logits (B, num_labels) from

@@ -9,7 +9,7 @@
 - ``"token-classification"``: encoder + classifier on every token, logits (B, T, num_labels)
   (chapter 08; ``num_labels`` and ``id2label`` come from config.json);
 - ``"image-classification"``: an image model + classifier, logits (B, num_labels) from
-  ``pixel_values`` (B, 3, H, W) (chapter 10: ViT).
+  ``pixel_values`` (B, 3, H, W) (chapter 10: ResNet, ViT).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from course_lib.models.encoder import (BertForMaskedLM, BertForSequenceClassific
                                        RobertaForSequenceClassification, RobertaForTokenClassification,
                                        RobertaModel)
 from course_lib.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
+from course_lib.models.resnet import ResNetConfig, ResNetForImageClassification, ResNetModel
 from course_lib.models.vit import ViTConfig, ViTForImageClassification, ViTModel
 
 TASKS = ("auto", "base", "masked-lm", "causal-lm", "sequence-classification", "token-classification",
@@ -40,6 +41,8 @@ ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, type[CourseMode
     "xlm-roberta": (EncoderConfig, _ROBERTA, "base"),
     "gpt2": (GPT2Config, {"base": GPT2Model, "causal-lm": GPT2LMHeadModel}, "causal-lm"),
     "vit": (ViTConfig, {"base": ViTModel, "image-classification": ViTForImageClassification}, "image-classification"),
+    "resnet": (ResNetConfig, {"base": ResNetModel, "image-classification": ResNetForImageClassification},
+               "image-classification"),
 }
 
 # How transformers' class names end, for each task (config.json's "architectures" says which head a file holds)
@@ -97,4 +100,5 @@ __all__ = ["ARCHITECTURES", "TASKS", "CLASSIFICATION_TASKS", "CourseModel", "Pre
            "architecture", "config_from_dict", "model_class", "task_of_architecture", "BertModel", "BertForMaskedLM",
            "BertForSequenceClassification", "BertForTokenClassification", "RobertaModel", "RobertaForMaskedLM",
            "RobertaForSequenceClassification", "RobertaForTokenClassification", "GPT2Config", "GPT2Model",
-           "GPT2LMHeadModel", "ViTConfig", "ViTModel", "ViTForImageClassification"]
+           "GPT2LMHeadModel", "ViTConfig", "ViTModel", "ViTForImageClassification",
+           "ResNetConfig", "ResNetModel", "ResNetForImageClassification"]
