@@ -789,14 +789,9 @@ def search_settings(full: tuple[ClassifierSettings, ...] = FULL_CANDIDATES,
 
 
 def _environment() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from course_lib.timing import cpu_name
+
+    cpu = cpu_name()
     return {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "cpu": cpu, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
             "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}

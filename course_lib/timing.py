@@ -34,6 +34,22 @@ NOISY_SPREAD = 0.30      # median more than 30 % above the minimum: the repeats 
 PROGRESS_AFTER_S = 3.0   # show a progress bar when the whole timing should take longer than this
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` says), for reports."""
+    import platform
+    from pathlib import Path
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return cpu
+
+
 def cpu_count() -> int:
     """CPUs this process may use (the affinity mask on Linux, else os.cpu_count())."""
     try:

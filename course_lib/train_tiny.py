@@ -336,14 +336,9 @@ def plot_loss(log: dict, path: Path) -> bool:
 
 def machine_description() -> str:
     """The CPU (or GPU) and thread count, for the model card."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from course_lib.timing import cpu_name
+
+    cpu = cpu_name()
     return f"{cpu}, {torch.get_num_threads()} threads, {platform.system()}, torch {torch.__version__}"
 
 

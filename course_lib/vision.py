@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "check_image_batch",
     "conv_output_size", "im2col", "conv2d", "Conv2d",
     "batch_norm2d", "BatchNorm2d", "fold_batchnorm",
     "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
@@ -538,3 +539,37 @@ class AdaptiveAvgPool2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
+
+
+def check_image_batch(pixel_values, num_channels: int, expected: str) -> None:
+    """``pixel_values`` must be a float tensor (B, num_channels, H, W): a clear error naming the fix otherwise.
+
+    The checks every image model shares (ResNet and ViT add their own): a tensor, float
+    (rescaled and normalised, not 0-255 integers), a batch dimension, 4-D, the right number of
+    channels (channels-last and grayscale inputs named as such). ``expected`` describes the
+    shape the model wants, for the messages. Reads only the shape and dtype.
+    """
+    ch = num_channels
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"pixel_values must be a torch.Tensor {expected}, got {type(pixel_values).__name__}: "
+                        f"preprocess the image (resize, rescale, normalise) and convert it with torch.as_tensor")
+    if not pixel_values.is_floating_point():
+        raise TypeError(f"pixel_values must be float (rescaled to [0, 1] and normalised), got dtype "
+                        f"{pixel_values.dtype}: raw 0-255 pixels need the image processor's rescale and "
+                        f"normalisation first (at least .float() / 255)")
+    shape = tuple(pixel_values.shape)
+    if pixel_values.dim() == 3 and shape[0] == ch:
+        raise ValueError(f"pixel_values has shape {shape}: one image without a batch dimension; the model "
+                         f"takes {expected}: add one with pixel_values[None] (or .unsqueeze(0))")
+    if pixel_values.dim() != 4:
+        raise ValueError(f"pixel_values must be 4-D {expected}, got shape {shape}")
+    if shape[1] != ch:
+        if shape[3] == ch:
+            hint = (f"this looks channels-last (batch, height, width, channels), as Pillow and NumPy store "
+                    f"images: use pixel_values.permute(0, 3, 1, 2)")
+        elif shape[1] == 1 and ch == 3:
+            hint = "a grayscale image: convert it to RGB first (Image.convert('RGB'), or .expand(-1, 3, -1, -1))"
+        else:
+            hint = f"this model was trained on {ch}-channel images: convert the images to {ch} channels"
+        raise ValueError(f"pixel_values has {shape[1]} channels (shape {shape}), the model expects {ch} "
+                         f"(num_channels in config.json): {hint}")

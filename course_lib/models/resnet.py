@@ -40,7 +40,7 @@ from torch import nn
 
 from course_lib.layers import ACTIVATIONS, Linear, activation
 from course_lib.models.base import CourseModel, PretrainedConfig
-from course_lib.vision import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, MaxPool2d
+from course_lib.vision import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, MaxPool2d, check_image_batch
 
 __all__ = [
     "ResNetConfig", "ResNetConvLayer", "ResNetEmbeddings", "ResNetShortCut", "ResNetBasicLayer",
@@ -261,29 +261,8 @@ def check_resnet_pixel_values(pixel_values, config: ResNetConfig) -> None:
     """
     ch = config.num_channels
     expected = f"(batch, {ch}, height, width)"
-    if not isinstance(pixel_values, torch.Tensor):
-        raise TypeError(f"pixel_values must be a torch.Tensor {expected}, got {type(pixel_values).__name__}: "
-                        f"preprocess the image (resize, rescale, normalise) and convert it with torch.as_tensor")
-    if not pixel_values.is_floating_point():
-        raise TypeError(f"pixel_values must be float (rescaled to [0, 1] and normalised), got dtype "
-                        f"{pixel_values.dtype}: raw 0-255 pixels need the image processor's rescale and "
-                        f"normalisation first (at least .float() / 255)")
+    check_image_batch(pixel_values, ch, expected)
     shape = tuple(pixel_values.shape)
-    if pixel_values.dim() == 3 and shape[0] == ch:
-        raise ValueError(f"pixel_values has shape {shape}: one image without a batch dimension; the model "
-                         f"takes {expected}: add one with pixel_values[None] (or .unsqueeze(0))")
-    if pixel_values.dim() != 4:
-        raise ValueError(f"pixel_values must be 4-D {expected}, got shape {shape}")
-    if shape[1] != ch:
-        if shape[3] == ch:
-            hint = ("this looks channels-last (batch, height, width, channels), as Pillow and NumPy store "
-                    "images: use pixel_values.permute(0, 3, 1, 2)")
-        elif shape[1] == 1 and ch == 3:
-            hint = "a grayscale image: convert it to RGB first (Image.convert('RGB'), or .expand(-1, 3, -1, -1))"
-        else:
-            hint = f"this model was trained on {ch}-channel images: convert the images to {ch} channels"
-        raise ValueError(f"pixel_values has {shape[1]} channels (shape {shape}), the model expects {ch} "
-                         f"(num_channels in config.json): {hint}")
     if shape[0] == 0 or shape[2] == 0 or shape[3] == 0:
         raise ValueError(f"pixel_values has shape {shape}: an empty batch or an image of 0 pixels")
 

@@ -39,6 +39,7 @@ from torch import nn
 from course_lib.layers import ACTIVATIONS, Dropout, LayerNorm, Linear, activation
 from course_lib.models.base import CourseModel, PretrainedConfig
 from course_lib.models.encoder import Intermediate, SelfAttention
+from course_lib.vision import check_image_batch, conv2d
 
 __all__ = [
     "ViTConfig", "patch_conv", "patchify", "unpatchify", "PatchProjection", "ViTPatchEmbeddings",
@@ -114,8 +115,6 @@ def patch_conv(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     The one place the model convolves: the course's own ``course_lib.vision.conv2d`` (im2col +
     one matmul, chapter 10), equal to ``torch.nn.functional.conv2d``.
     """
-    from course_lib.vision import conv2d
-
     return conv2d(pixel_values, weight, bias, stride=patch_size)
 
 
@@ -393,29 +392,8 @@ def check_pixel_values(pixel_values, config: ViTConfig, interpolate_pos_encoding
     Reads only the shape and dtype (no pass over the values)."""
     ch, size, P = config.num_channels, config.image_size, config.patch_size
     expected = f"(batch, {ch}, {size}, {size})"
-    if not isinstance(pixel_values, torch.Tensor):
-        raise TypeError(f"pixel_values must be a torch.Tensor {expected}, got {type(pixel_values).__name__}: "
-                        f"preprocess the image (resize, rescale, normalise) and convert it with torch.as_tensor")
-    if not pixel_values.is_floating_point():
-        raise TypeError(f"pixel_values must be float (rescaled to [0, 1] and normalised), got dtype "
-                        f"{pixel_values.dtype}: raw 0-255 pixels need the image processor's rescale and "
-                        f"normalisation first (at least .float() / 255)")
+    check_image_batch(pixel_values, ch, expected)
     shape = tuple(pixel_values.shape)
-    if pixel_values.dim() == 3 and shape[0] == ch:
-        raise ValueError(f"pixel_values has shape {shape}: one image without a batch dimension; the model "
-                         f"takes {expected}: add one with pixel_values[None] (or .unsqueeze(0))")
-    if pixel_values.dim() != 4:
-        raise ValueError(f"pixel_values must be 4-D {expected}, got shape {shape}")
-    if shape[1] != ch:
-        if shape[3] == ch:
-            hint = (f"this looks channels-last (batch, height, width, channels), as Pillow and NumPy store "
-                    f"images: use pixel_values.permute(0, 3, 1, 2)")
-        elif shape[1] == 1 and ch == 3:
-            hint = "a grayscale image: convert it to RGB first (Image.convert('RGB'), or .expand(-1, 3, -1, -1))"
-        else:
-            hint = f"this model was trained on {ch}-channel images: convert the images to {ch} channels"
-        raise ValueError(f"pixel_values has {shape[1]} channels (shape {shape}), the model expects {ch} "
-                         f"(num_channels in config.json): {hint}")
     H, W = shape[2], shape[3]
     if H % P or W % P:
         raise ValueError(f"pixel_values is {H} x {W} pixels, not a multiple of patch_size={P} on each side: "
