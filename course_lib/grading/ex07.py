@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from course_lib import quantization as Q
-from course_lib.grading.registry import (GradeError, call_learner, exercise, expect_close,
-                                         expect_tensor, expect_tensors)
+from course_lib.grading.registry import (GradeError, call_learner, exercise, expect_close, expect_dtype,
+                                         expect_shape, expect_tensor, expect_tensors)
 
 ANSWER_KEY = tuple(f"course_lib.quantization.{name}" for name in (
     "absmax_scale", "quantize_absmax", "quantize_int8", "dequantize_int8", "group_rows", "quantize_int4",
@@ -114,17 +114,6 @@ def likely(got: torch.Tensor, mistakes: dict[str, Callable[[], torch.Tensor]]) -
     if not found:
         return ""
     return f" It looks like {found[0]}" + (f" (or: {'; or: '.join(found[1:])})" if found[1:] else "") + "."
-
-
-def expect_dtype(t: torch.Tensor, dtype: torch.dtype, what: str, why: str) -> None:
-    if t.dtype != dtype:
-        raise GradeError(f"{what}: expected dtype {dtype}, got {t.dtype}; {why}")
-
-
-def expect_shape(t: torch.Tensor, shape: tuple[int, ...], what: str, why: str = "") -> None:
-    if tuple(t.shape) != tuple(shape):
-        because = f"; {why}" if why else ""
-        raise GradeError(f"{what}: expected shape {tuple(shape)}, got shape {tuple(t.shape)}{because}")
 
 
 def expect_scales(got: torch.Tensor, expected: torch.Tensor, what: str, mistakes: dict) -> None:

@@ -35,7 +35,7 @@ from course_lib import lora as L
 from course_lib import surgery as S
 from course_lib import training as T
 from course_lib.grading.registry import (GradeError, call_learner, chapter_rules, exercise, expect_close,
-                                         expect_raises, expect_tensor, expect_tensors)
+                                         expect_dtype, expect_raises, expect_shape, expect_tensor, expect_tensors)
 
 ANSWER_KEY = (
     *(f"course_lib.training.{name}" for name in (
@@ -104,17 +104,6 @@ def likely(got: Any, mistakes: dict[str, Callable[[], Any]], rtol: float, atol: 
     if not found:
         return ""
     return f" It looks like {found[0]}" + (f" (or: {'; or: '.join(found[1:])})" if found[1:] else "") + "."
-
-
-def expect_dtype(t: torch.Tensor, dtype: torch.dtype, what: str, why: str) -> None:
-    if t.dtype != dtype:
-        raise GradeError(f"{what}: expected dtype {dtype}, got {t.dtype}; {why}")
-
-
-def expect_shape(t: torch.Tensor, shape: tuple[int, ...], what: str, why: str = "") -> None:
-    if tuple(t.shape) != tuple(shape):
-        raise GradeError(f"{what}: expected shape {tuple(shape)}, got shape {tuple(t.shape)}" + (f"; {why}" if why
-                                                                                              else ""))
 
 
 def expect_values(got: torch.Tensor, expected: torch.Tensor, what: str, mistakes: dict, rtol: float,

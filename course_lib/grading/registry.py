@@ -244,6 +244,19 @@ def expect_equal(actual: Any, expected: Any, what: str) -> None:
         raise GradeError(f"{what}: {bad} of {e.size} values differ from the expected result")
 
 
+def expect_dtype(t, dtype, what: str, why: str) -> None:
+    """A tensor's dtype, or a GradeError naming both and why the dtype matters."""
+    if t.dtype != dtype:
+        raise GradeError(f"{what}: expected dtype {dtype}, got {t.dtype}; {why}")
+
+
+def expect_shape(t, shape: tuple[int, ...], what: str, why: str = "") -> None:
+    """A tensor's shape, or a GradeError naming both (and why, when given)."""
+    if tuple(t.shape) != tuple(shape):
+        because = f"; {why}" if why else ""
+        raise GradeError(f"{what}: expected shape {tuple(shape)}, got shape {tuple(t.shape)}{because}")
+
+
 def expect_close(actual: Any, expected: Any, what: str, atol: float = 1e-5, rtol: float = 1e-5) -> None:
     """Float comparison with shapes checked first; reports the largest difference."""
     a, e = _as_numpy(actual, what), _as_numpy(expected, what)
