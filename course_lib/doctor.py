@@ -32,10 +32,12 @@ REQUIRED = {
     "ipywidgets": "progress bars in notebooks",
     "pillow": "decoding images (chapter 10)",
 }
-LAB = {"jupyterlab": "the notebook app", "ipykernel": "the Python kernel for notebooks"}
+LAB = {"jupyterlab": "the notebook app", "ipykernel": "the Python kernel for notebooks",
+       "scikit-image": "the photos chapter 10 reads (and the image-preprocessing tests)"}
 TESTS = {"pytest": "tests", "nbval": "notebook tests", "hypothesis": "property tests",
          "transformers": "reference outputs in tests (never imported by course_lib)",
-         "scikit-image": "real photos for the image-preprocessing tests"}
+         "onnx": "writing ONNX graphs (chapter 11)", "onnxruntime": "running them outside PyTorch (chapter 11)",
+         "gguf": "llama.cpp's file format, the reference for the GGUF writer (chapter 11)"}
 
 OK, WARN, FAIL, INFO = "[OK]  ", "[WARN]", "[FAIL]", "[INFO]"
 
