@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "check": "course_lib.grading.runner",
+    "classify_image": "course_lib.image_classification",
     "reveal": "course_lib.grading.runner",
     "load_model": "course_lib.loading",
     "encode_batch": "course_lib.tokenizer_loading",

@@ -2,9 +2,9 @@
 
     python -m course_lib.download MODEL [MODEL ...] [--all] [--to DIR] [--revision REV]
 
-Online, on one machine (the instructor's): downloads each model's config, tokenizer and
-weights (safetensors, or ``pytorch_model.bin`` for repositories that have no safetensors)
-into ``DIR/hub`` in the Hugging Face cache layout, with progress bars. Copy ``DIR`` to
+Online, on one machine (the instructor's): downloads each model's config, tokenizer (or an image
+model's ``preprocessor_config.json``) and weights (safetensors, or ``pytorch_model.bin`` for
+repositories that have no safetensors) into ``DIR/hub`` in the Hugging Face cache layout, with progress bars. Copy ``DIR`` to
 each laptop (USB stick, shared drive) and set ``HF_HOME=DIR`` there: ``load_model`` and
 ``load_tokenizer`` then find every model offline (``HF_HUB_OFFLINE=1`` makes sure nothing
 tries the network). Files already present are not downloaded again.
@@ -26,9 +26,10 @@ from pathlib import Path
 
 from course_lib import hub
 
-# The models the course's notebooks can use online (chapters 04-08).
+# The models the course's notebooks can use online (chapters 04-10; microsoft/resnet-50: chapter 10's
+# classify_image, with its preprocessor_config.json).
 COURSE_MODELS = ["gpt2", "distilgpt2", "roberta-base", "distilroberta-base", "bert-base-uncased",
-                 "sentence-transformers/all-MiniLM-L6-v2"]
+                 "sentence-transformers/all-MiniLM-L6-v2", "microsoft/resnet-50"]
 
 
 class NeedsNetworkError(hub.HubError):

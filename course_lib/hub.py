@@ -28,7 +28,10 @@ TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # formats (gpt2: safetensors, .bin, TF, Flax, ONNX...) and downloading all of them wastes
 # gigabytes. The weights loader asks for other formats itself.
 WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors"]
-DEFAULT_FILES = CONFIG_FILES + TOKENIZER_FILES + WEIGHT_FILES
+# An image model's preprocessing (resize, crop, rescale, normalise: course_lib.image_processing); a text
+# model's repository simply has none. Small, and classify_image needs it beside config.json.
+PREPROCESSOR_FILES = ["preprocessor_config.json"]
+DEFAULT_FILES = CONFIG_FILES + TOKENIZER_FILES + PREPROCESSOR_FILES + WEIGHT_FILES
 
 # Hub ids that a course offline asset provides (used when the Hub cache does not hold them).
 HUB_ID_TO_ASSET = {"sentence-transformers/all-MiniLM-L6-v2": "all-MiniLM-L6-v2"}

@@ -113,7 +113,8 @@ def check_device(device) -> torch.device | None:
 
 def model_folder(src: str | os.PathLike, revision: str | None = None) -> Path:
     """The local folder with ``src``'s config and weights (fetching ``.bin`` only when there is no safetensors)."""
-    folder = hub.resolve_source(src, revision, filenames=hub.CONFIG_FILES + hub.WEIGHT_FILES)
+    # an image model's preprocessor_config.json too (classify_image reads it from the same folder)
+    folder = hub.resolve_source(src, revision, filenames=hub.CONFIG_FILES + hub.PREPROCESSOR_FILES + hub.WEIGHT_FILES)
     try:
         weight_files(folder)
     except CheckpointError:
@@ -221,7 +222,8 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
     """Our model for ``src`` with its published weights, in eval mode.
 
     ``src``: a Hub id (``"roberta-base"``, ``"sentence-transformers/all-MiniLM-L6-v2"``), a
-    course asset name, or a folder with ``config.json`` and weights.
+    course asset name, a folder with ``config.json`` and weights, or a ``.gguf`` file
+    (llama.cpp's format, GPT-2 architecture: read and dequantized by ``course_lib.export``).
     ``task``: ``"auto"`` (the architecture's default: ``"base"`` for BERT/RoBERTa,
     ``"causal-lm"`` for GPT-2, ``"image-classification"`` for ResNet and ViT),
     ``"base"`` (hidden states), ``"masked-lm"`` or ``"causal-lm"`` (logits),
@@ -241,7 +243,9 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
     ``strict``: refuse any missing, unexpected or wrongly shaped key (default). With
     ``strict=False`` missing parameters keep a random init and the problems are only
     reported in ``model.load_report``.
-    The report of what was loaded, renamed and skipped is ``model.load_report``.
+    The report of what was loaded, renamed and skipped is ``model.load_report``; the folder the
+    files were read from is ``model.source_folder`` (``classify_image`` finds the image model's
+    ``preprocessor_config.json`` there).
     """
     if task not in TASKS:  # checked before anything is downloaded
         raise ValueError(f"task={task!r} is not one of {', '.join(map(repr, TASKS))}")
@@ -253,6 +257,12 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
         resolve_dtype(dtype, None)  # raises for a bad dtype before anything is downloaded
     check_device(device)
     scheme = _quantize_scheme(quantize)
+    if str(src).endswith(".gguf") and Path(src).is_file():  # llama.cpp's single file (chapter 11)
+        if task not in ("auto", "causal-lm"):
+            raise ValueError(f"{src} is a GGUF file: it holds a causal language model; use task='auto' or 'causal-lm'")
+        from course_lib.export.gguf_export import load_gguf_model
+
+        return load_gguf_model(src, dtype=dtype, device=device, quantize=quantize)
     folder = model_folder(src, revision)
     recover_folder(folder)  # a save killed halfway: finish it or remove its temporary files
     config = read_config(folder)
@@ -308,6 +318,7 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
         model.to(device)
     check_fully_loaded(model, source)
     model.load_report = report
+    model.source_folder = Path(folder)  # where config.json (and an image model's preprocessor_config.json) are
     if not report.ok:  # strict=False: this model is not the checkpoint, and the user must hear it
         warnings.warn(IncompleteLoadWarning(
             f"load_model(strict=False): {source} did not fill {cls.__name__} (task={task!r}) completely: "

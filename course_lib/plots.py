@@ -679,3 +679,221 @@ def plot_pruning_cost(ks: Sequence[int], curves: dict[str, Sequence[float]], yla
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
+
+
+def _as_image(image) -> np.ndarray:
+    """(H, W) or (H, W, 3) as a NumPy array; a (C, H, W) tensor or array is moved channels-last."""
+    array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return array
+
+
+def plot_image_grid(images: Sequence, titles: Sequence[str] | None = None, columns: int = 8, cmap: str = "gray",
+                    size: float = 1.3, title: str = "", symmetric: bool = False):
+    """Chapter 10: pictures side by side in rows of ``columns``. Each is (H, W) (drawn with
+    ``cmap``), (H, W, 3) or a (C, H, W) tensor (moved channels-last); ``symmetric`` centres the
+    colour scale on 0 (feature maps with signs). Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    rows = (len(images) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, min(columns, len(images)), figsize=(size * min(columns, len(images)), size * rows + 0.3),
+                             squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= len(images):
+            continue
+        array = _as_image(images[k])
+        if array.ndim == 2 and symmetric:
+            bound = float(np.abs(array).max()) or 1.0
+            ax.imshow(array, cmap="RdBu_r", vmin=-bound, vmax=bound)
+        elif array.ndim == 2:
+            ax.imshow(array, cmap=cmap)
+        elif array.dtype == np.uint8:
+            ax.imshow(array)
+        elif array.min() >= 0 and array.max() > 1.5:  # 0..255 floats
+            ax.imshow(np.clip(array, 0, 255).astype(np.uint8))
+        else:  # e.g. normalised pixel_values (about -1..1): stretched to 0..1 to be drawn
+            low, high = float(array.min()), float(array.max())
+            ax.imshow((array - low) / (high - low) if high > low else np.zeros_like(array))
+        if titles:
+            ax.set_title(titles[k], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+
+
+def plot_kernel_sliding(image, kernel, output, positions: Sequence[tuple[int, int]], stride: int = 1,
+                        padding: int = 0, title: str = ""):
+    """Chapter 10: a kernel sliding over an image. Left: the (H, W) input (with its zero
+    padding drawn grey) and the window read for each output position in ``positions``
+    (row, column of the output), one colour each; middle: the kernel's weights; right: the
+    output, the same positions outlined in the same colours. Returns nothing."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    image, kernel, output = (_as_image(a).astype(float) for a in (image, kernel, output))
+    kh, kw = kernel.shape
+    padded = np.pad(image, padding, constant_values=np.nan)
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), gridspec_kw={"width_ratios": [padded.shape[1], kw * 2.2, output.shape[1]]})
+    axes[0].imshow(np.where(np.isnan(padded), 0.5 * np.nanmax(image), padded), cmap="gray")
+    if padding:
+        axes[0].add_patch(Rectangle((padding - 0.5, padding - 0.5), image.shape[1], image.shape[0], fill=False,
+                                    edgecolor="0.4", ls="--", lw=0.8))
+    colours = plt.get_cmap("tab10")
+    for n, (r, c) in enumerate(positions):
+        axes[0].add_patch(Rectangle((c * stride - 0.5, r * stride - 0.5), kw, kh, fill=False, edgecolor=colours(n % 10), lw=2))
+        axes[2].add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor=colours(n % 10), lw=2))
+    axes[0].set_title(f"input {image.shape[0]}×{image.shape[1]}" + (f", padding {padding}" if padding else ""), fontsize=9)
+    bound = float(np.abs(kernel).max()) or 1.0
+    axes[1].imshow(kernel, cmap="RdBu_r", vmin=-bound, vmax=bound)
+    for (r, c), v in np.ndenumerate(kernel):
+        axes[1].text(c, r, f"{v:g}", ha="center", va="center", fontsize=8)
+    axes[1].set_title(f"kernel {kh}×{kw}", fontsize=9)
+    bound = float(np.abs(output).max()) or 1.0
+    axes[2].imshow(output, cmap="RdBu_r", vmin=-bound, vmax=bound)
+    axes[2].set_title(f"output {output.shape[0]}×{output.shape[1]}" + (f" (stride {stride})" if stride > 1 else ""),
+                      fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+
+
+def plot_im2col(height: int, width: int, kernel: int, stride: int = 1, padding: int = 0):
+    """Chapter 10: what im2col does, on a one-channel ``height`` × ``width`` input whose pixels
+    are numbered. Left: the input with the first two windows; right: the column matrix, one
+    column per output position, each column the pixel numbers its window reads (· for
+    padding). The convolution is then one matrix product: (out channels, k·k) @ this. Returns nothing."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    numbers = np.pad(np.arange(height * width).reshape(height, width), padding, constant_values=-1)
+    out_h = (numbers.shape[0] - kernel) // stride + 1
+    out_w = (numbers.shape[1] - kernel) // stride + 1
+    columns = np.stack([numbers[r * stride:r * stride + kernel, c * stride:c * stride + kernel].reshape(-1)
+                        for r in range(out_h) for c in range(out_w)], axis=1)
+    fig, axes = plt.subplots(1, 2, figsize=(3 + 0.45 * columns.shape[1], 3.4),
+                             gridspec_kw={"width_ratios": [numbers.shape[1], 0.8 * columns.shape[1]]})
+    colours = plt.get_cmap("tab10")
+    for ax, grid in ((axes[0], numbers), (axes[1], columns)):
+        ax.imshow(np.where(grid < 0, 0.25, 1.0), cmap="gray", vmin=0, vmax=1)
+        for (r, c), v in np.ndenumerate(grid):
+            ax.text(c, r, "·" if v < 0 else f"{v}", ha="center", va="center", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for n in range(min(2, columns.shape[1])):
+        r, c = divmod(n, out_w)
+        axes[0].add_patch(Rectangle((c * stride - 0.5, r * stride - 0.5), kernel, kernel, fill=False,
+                                    edgecolor=colours(n), lw=2))
+        axes[1].add_patch(Rectangle((n - 0.5, -0.5), 1, kernel * kernel, fill=False, edgecolor=colours(n), lw=2))
+    axes[0].set_title(f"input {height}×{width}" + (f", padding {padding}" if padding else ""), fontsize=9)
+    axes[1].set_title(f"columns: ({kernel}·{kernel}, {out_h}·{out_w}) — one per output position", fontsize=9)
+    axes[1].set_ylabel("position in the window")
+    fig.tight_layout()
+
+
+def plot_patches(image, patch_size: int, max_tokens: int = 16):
+    """Chapter 10: an image cut into ``patch_size`` squares, numbered in reading order (left),
+    and the first ``max_tokens`` of them laid out as the sequence the Transformer reads, after
+    a [CLS] slot (right). ``image``: (H, W, 3) uint8 or (C, H, W). Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    array = _as_image(image)
+    h, w = array.shape[:2]
+    gh, gw = h // patch_size, w // patch_size
+    fig = plt.figure(figsize=(10, 3.6))
+    grid = fig.add_gridspec(2, max_tokens + 1, width_ratios=[1] * (max_tokens + 1))
+    left = fig.add_subplot(grid[:, : (max_tokens + 1) // 2])
+    left.imshow(array, cmap="gray" if array.ndim == 2 else None)
+    for k in range(1, gh):
+        left.axhline(k * patch_size - 0.5, color="white", lw=1)
+    for k in range(1, gw):
+        left.axvline(k * patch_size - 0.5, color="white", lw=1)
+    for r in range(gh):
+        for c in range(gw):
+            left.text(c * patch_size + patch_size / 2 - 0.5, r * patch_size + patch_size / 2 - 0.5, f"{r * gw + c + 1}",
+                      ha="center", va="center", color="yellow", fontsize=7)
+    left.set_title(f"{h}×{w} image → {gh}×{gw} = {gh * gw} patches of {patch_size}×{patch_size} (numbered by position)",
+                   fontsize=9)
+    left.axis("off")
+    shown = min(max_tokens, gh * gw)
+    slots = (max_tokens + 1) - (max_tokens + 1) // 2
+    for k in range(min(shown + 1, 2 * slots)):
+        ax = fig.add_subplot(grid[k // slots, (max_tokens + 1) // 2 + k % slots])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k == 0:
+            ax.text(0.5, 0.5, "[CLS]", ha="center", va="center", fontsize=7)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_aspect("equal")
+            ax.set_title("0", fontsize=7)
+            continue
+        r, c = divmod(k - 1, gw)
+        ax.imshow(array[r * patch_size:(r + 1) * patch_size, c * patch_size:(c + 1) * patch_size],
+                  cmap="gray" if array.ndim == 2 else None)
+        ax.set_title(f"{k}", fontsize=7)
+    fig.suptitle("patches as tokens: position 0 is [CLS], then the patches in reading order", fontsize=10)
+    fig.tight_layout()
+
+
+def plot_cls_attention(image, maps: Sequence, titles: Sequence[str], alpha: float = 0.6):
+    """Chapter 10: where [CLS] looks. ``maps``: one (grid_h, grid_w) array per panel (the
+    attention from [CLS] to each patch, e.g. averaged over heads), drawn over ``image``
+    (upsampled to its size, nearest). Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    array = _as_image(image)
+    h, w = array.shape[:2]
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(2.3 * (len(maps) + 1), 2.6), squeeze=False)
+    axes[0, 0].imshow(array, cmap="gray" if array.ndim == 2 else None)
+    axes[0, 0].set_title("input", fontsize=9)
+    for ax, m, t in zip(axes[0, 1:], maps, titles):
+        m = np.asarray(m, dtype=float)
+        ax.imshow(array, cmap="gray" if array.ndim == 2 else None)
+        ax.imshow(m, cmap="inferno", alpha=alpha, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest")
+        ax.set_title(t, fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+
+
+def plot_position_similarity(positions, grid_height: int, grid_width: int, title: str = ""):
+    """Chapter 10: what a ViT's learned positions learned. ``positions``: (grid_h·grid_w, D)
+    patch position embeddings ([CLS]'s removed). Panel (r, c): the cosine similarity of patch
+    (r, c)'s position to every other position, as a grid_h × grid_w picture — trained positions
+    are most similar to their neighbours, row and column. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    p = np.asarray(positions.detach().cpu() if hasattr(positions, "detach") else positions, dtype=float)
+    p = p / np.linalg.norm(p, axis=1, keepdims=True)
+    similarity = p @ p.T
+    fig, axes = plt.subplots(grid_height, grid_width, figsize=(0.55 * grid_width + 0.8, 0.55 * grid_height + 0.5),
+                             squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        image = ax.imshow(similarity[k].reshape(grid_height, grid_width), cmap="viridis", vmin=-1, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="cosine similarity")
+    fig.suptitle(title or "position embedding similarity (panel = one patch's position)", fontsize=9)
+
+
+def plot_accuracy_bytes(rows: dict[str, tuple[float, float]], title: str = ""):
+    """Chapter 10: test accuracy against weight bytes, one labelled point per model
+    (``rows``: name → (bytes, accuracy)). Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.0))
+    for name, (size, accuracy) in rows.items():
+        ax.scatter([size / 1e3], [100 * accuracy], s=30)
+        ax.annotate(name, (size / 1e3, 100 * accuracy), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("weights (kB)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()

@@ -33,6 +33,11 @@ reconstruction error (``clip_search_errors``), and ``w8a8_linear`` quantizes act
 per token too (``quantize_per_token``) and multiplies int8 by int8 with int32 sums
 (``int8_matmul``) before rescaling.
 
+Convolutions (chapter 10): a conv's filters (C_out, C_in / groups, kh, kw) flattened to
+(C_out, C_in / groups * kh * kw) are the rows im2col's columns are multiplied by, so
+``QuantConv2d`` quantizes them per output channel exactly as a Linear's rows (int8 schemes;
+int4 leaves convolutions in float).
+
 ``quantize_model(model, scheme)`` swaps a float model's layers in place;
 ``course_lib.load_model(src, quantize="int8")`` quantizes while reading the file, one
 tensor (or block of rows) at a time, so the float32 model never exists in memory.
@@ -792,6 +797,117 @@ class QuantEmbedding(QuantizedWeight):
         return f"{self.num_embeddings}, {self.embedding_dim}, " + super().extra_repr().split(", ", 2)[2]
 
 
+class QuantConv2d(QuantizedWeight):
+    """A 2-D convolution with an int8 weight (chapter 10's ResNet): per output channel, the im2col path.
+
+    A conv weight (C_out, C_in / groups, kh, kw) flattened to (C_out, C_in / groups * kh * kw)
+    is a Linear's (out, in) matrix: row ``o`` is filter ``o``, and ``conv2d`` multiplies im2col's
+    columns by exactly these rows. So per-output-channel int8 is the Linear's per-row int8
+    (one bfloat16 scale per filter). The buffer ``weight`` keeps the conv's 4-D shape, int8,
+    so a saved quantized model holds ``...convolution.weight`` in the shape the float file had.
+    The forward dequantizes the filters and runs ``course_lib.vision.conv2d`` (im2col + one
+    matmul): an image makes thousands of im2col columns, where a float32 matrix product beats
+    the weight-only int8 kernels written for a few rows (``QuantizedWeight.matmul``).
+
+    int8 schemes only ("int8" per channel, "int8-tensor"): ``quantize_model`` leaves
+    convolutions in float for int4 (a stem's 3 * 7 * 7 = 147 values per filter fit no group).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, scheme: str | Scheme = "int8", *, device=None, dtype=None):
+        from course_lib.vision import _pair
+
+        kh, kw = _pair(kernel_size, "kernel_size", 1)
+        self.conv_shape = (out_channels, in_channels // groups, kh, kw)
+        scheme = parse_scheme(scheme)
+        if scheme.bits != 8:
+            raise ValueError(f"QuantConv2d holds int8 filters only, not {scheme}: quantize the float model with "
+                             f"'int8' (int4 leaves convolutions in float)")
+        super().__init__(out_channels, in_channels // groups * kh * kw, scheme, kernel_layout=False, device=device)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        self.stride, self.padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+        self.dilation, self.groups = _pair(dilation, "dilation", 1), groups
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    def _plain_shapes(self):
+        shapes = super()._plain_shapes()
+        shapes["weight"] = (self.conv_shape, torch.int8)  # (C_out, C_in/g, kh, kw): the float file's shape
+        return shapes
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, scheme: str | Scheme) -> "QuantConv2d":
+        """A ``vision.Conv2d`` (or ``nn.Conv2d``) -> its int8 twin (only shapes when it is on ``meta``)."""
+        if not isinstance(conv.padding, (int, tuple)):
+            raise ValueError(f"cannot quantize a convolution with padding={conv.padding!r}: give it in pixels")
+        weight = conv.weight
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.groups, conv.bias is not None, scheme, device=weight.device)
+        q.compute_dtype = weight.dtype
+        if conv.bias is not None:
+            q.bias = nn.Parameter(conv.bias.detach(), requires_grad=False)
+        if not weight.is_meta:
+            q.quantize_(lambda a, b: weight.detach()[a:b])
+        return q
+
+    def quantize_(self, rows_of) -> "QuantConv2d":
+        """Quantize float filters into this layer; ``rows_of(start, stop)`` gives filters (rows, C_in/g, kh, kw)."""
+        N, K = self.out_features, self.in_features
+        flat = QuantizedWeight(N, K, self.scheme, kernel_layout=False)
+        flat.quantize_(lambda a, b: rows_of(a, b).reshape(b - a, K))
+        self._buffers["weight"] = flat.weight.view(self.conv_shape)
+        self._buffers["weight_scale"] = flat.weight_scale
+        self.layout = "plain"
+        return self.use_kernel_layout()
+
+    def fill_from_checkpoint(self, reader, key: str, transposed: bool = False) -> None:
+        """Quantize checkpoint filters ``key`` (C_out, C_in/g, kh, kw) while reading them, a block at a time."""
+        shape = tuple(reader.shape(key))
+        if shape != self.conv_shape:
+            raise ValueError(f"checkpoint tensor {key!r} has shape {shape}, the quantized convolution needs "
+                             f"{self.conv_shape}")
+        self.quantize_(lambda a, b: reader.read_rows(key, a, b))
+        release_freed_memory()
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float filters (C_out, C_in/g, kh, kw) these integers and scales stand for."""
+        return dequantize_int8(self.weight.reshape(self.out_features, -1), self.weight_scale, dtype
+                               ).view(self.conv_shape)
+
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Dequantized filters ``ids`` flattened: (M,) -> (M, C_in/g * kh * kw) (to quantize them again)."""
+        flat = ids.reshape(-1)
+        scale = self.weight_scale[flat] if self.weight_scale.dim() else self.weight_scale
+        return dequantize_int8(self.weight[flat].reshape(len(flat), -1), scale, dtype or self.compute_dtype)
+
+    def _empty_like(self, scheme, **kwargs) -> "QuantConv2d":
+        new = QuantConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                          self.dilation, self.groups, self.bias is not None, scheme, device=self.weight.device)
+        if self.bias is not None:
+            new.bias = self.bias
+        return new
+
+    def requantized(self, scheme, **kwargs) -> "QuantConv2d":
+        new = self._empty_like(scheme)
+        new.compute_dtype = self.compute_dtype
+        if not self.weight.is_meta:
+            new.quantize_(lambda a, b: self.rows(torch.arange(a, b, device=self.weight.device), torch.float32))
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C_in, H, W) -> (B, C_out, H_out, W_out) in x's dtype: ``conv2d`` with the dequantized filters."""
+        from course_lib.vision import conv2d
+
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return conv2d(x, self.dequantize(x.dtype), bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, scheme={self.scheme}")
+
+
 class TiedQuantHead(nn.Module):
     """An output head that *is* a quantized embedding table (GPT-2's ``lm_head`` = ``wte``): one table, two uses.
 
@@ -831,12 +947,19 @@ def _is_embedding(module: nn.Module) -> bool:
     return isinstance(module, (layers.Embedding, nn.Embedding))
 
 
+def _is_conv(module: nn.Module) -> bool:
+    from course_lib.vision import Conv2d
+
+    return isinstance(module, (Conv2d, nn.Conv2d))
+
+
 class CompoundedQuantizationWarning(UserWarning):
     """An already quantized model was quantized again: the two rounding errors add up."""
 
 
 def quantize_model(model: nn.Module, scheme: str | Scheme | torch.dtype, *, skip: tuple[str, ...] = ()) -> nn.Module:
-    """Quantize ``model``'s weights in place (every Linear and Embedding); returns ``model``.
+    """Quantize ``model``'s weights in place (every Linear and Embedding; with int8 every Conv2d too,
+    as ``QuantConv2d``: one scale per output channel); returns ``model``.
 
     ``scheme``: ``"int8"``, ``"int8-tensor"``, ``"int4"`` / ``"int4-g64"`` / ``"int4-g128"``
     (zero point; + ``"-sym"`` for symmetric), or ``"float16"`` / ``"bfloat16"`` (a cast). ``skip``: module names (or
@@ -870,6 +993,12 @@ def quantize_model(model: nn.Module, scheme: str | Scheme | torch.dtype, *, skip
             continue
         if quantized and module.scheme == scheme:
             continue  # already what is asked for
+        if isinstance(module, QuantConv2d) and scheme.bits != 8:
+            raise ValueError(f"{name} is an int8 convolution and {scheme} has no convolutions (int4 leaves them in "
+                             f"float): quantize the float model as {scheme} instead")
+        if _is_conv(module) and scheme.bits == 8:
+            plan.append((name, module))  # filters (C_out, C_in/g, kh, kw): int8 per output channel
+            continue
         if not (quantized or _is_linear(module) or _is_embedding(module)):
             continue
         width = module.in_features if quantized or _is_linear(module) else module.embedding_dim
@@ -884,6 +1013,8 @@ def quantize_model(model: nn.Module, scheme: str | Scheme | torch.dtype, *, skip
             requantized.append(f"{name} ({module.scheme})")
         elif _is_linear(module):
             new = QuantLinear.from_linear(module, scheme)
+        elif _is_conv(module):
+            new = QuantConv2d.from_conv(module, scheme)
         else:
             new = QuantEmbedding.from_embedding(module, scheme, as_head=name in heads)
         model.set_submodule(name, new)

@@ -31,7 +31,7 @@ from torch import nn
 __all__ = [
     "check_image_batch",
     "conv_output_size", "im2col", "conv2d", "Conv2d",
-    "batch_norm2d", "BatchNorm2d", "fold_batchnorm",
+    "batch_norm2d", "BatchNorm2d", "fold_batchnorm_weights", "fold_batchnorm", "receptive_field",
     "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
     "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
 ]
@@ -374,34 +374,93 @@ class BatchNorm2d(nn.Module):
                 f"track_running_stats={self.track_running_stats}")
 
 
+def fold_batchnorm_weights(weight: torch.Tensor, bias: torch.Tensor | None, bn_weight: torch.Tensor | None,
+                           bn_bias: torch.Tensor | None, running_mean: torch.Tensor, running_var: torch.Tensor,
+                           eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of one convolution equal to a conv followed by an eval-mode BatchNorm.
+
+    weight (C_out, C_in / groups, kh, kw), bias (C_out,) or None (a conv without bias);
+    bn_weight (gamma), bn_bias (beta), running_mean, running_var: (C_out,), gamma / beta None
+    for a BatchNorm without ``affine`` (1 and 0). Returns ``(weight', bias')``, new tensors of
+    the shapes (C_out, C_in / groups, kh, kw) and (C_out,), in ``weight``'s dtype.
+
+    In eval mode BN is ``y * s + t`` per output channel, with ``s = gamma / sqrt(running_var + eps)``
+    (the variance's square root: a standard deviation) and ``t = beta - running_mean * s``;
+    scaling a channel's output scales its filter, so ``W' = W * s`` (per output channel, the
+    first axis) and ``b' = (b - running_mean) * s + beta``. Computed in float64, rounded once.
+    """
+    C_out = weight.shape[0]
+    if running_mean is None or running_var is None:
+        raise ValueError("fold_batchnorm: the BatchNorm has no running statistics (track_running_stats=False); "
+                         "it normalises with each batch's own, which no fixed convolution can reproduce")
+    for name, t in (("bias", bias), ("bn_weight", bn_weight), ("bn_bias", bn_bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if t is not None and tuple(t.shape) != (C_out,):
+            raise ValueError(f"fold_batchnorm: the conv has {C_out} output channels but the BatchNorm has "
+                             f"{t.shape[0] if t.dim() else t.numel()} features ({name} has shape {tuple(t.shape)}); "
+                             f"fold the BatchNorm that follows this conv")
+    var, mean = running_var.double(), running_mean.double()
+    gamma = bn_weight.double() if bn_weight is not None else torch.ones_like(var)
+    beta = bn_bias.double() if bn_bias is not None else torch.zeros_like(var)
+    b = bias.double() if bias is not None else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + eps)  # (C_out,): 1 / std, times gamma
+    folded_weight = weight.double() * scale.view(-1, *([1] * (weight.dim() - 1)))  # W' = W * s, per output channel
+    folded_bias = (b - mean) * scale + beta  # b' = (b - mean) * s + beta
+    return folded_weight.to(weight.dtype), folded_bias.to(weight.dtype)
+
+
 def fold_batchnorm(conv: Conv2d, bn: BatchNorm2d) -> Conv2d:
     """One Conv2d (with bias) equal to ``bn(conv(x))`` with ``bn`` in eval mode.
 
-    In eval mode BN is ``y * s + t`` per output channel, with ``s = weight / sqrt(running_var + eps)``
-    and ``t = bias - running_mean * s``; scaling a channel's output scales its filter, so
-    ``W' = W * s`` (per output channel) and ``b' = b * s + t``. One layer, one pass over
-    memory less at inference. The inputs are left unchanged; the result is a new module
-    on conv's device and dtype, in eval mode.
+    The arithmetic is ``fold_batchnorm_weights``'s (``W' = W * s``, ``b' = (b - mean) * s + beta``,
+    ``s = gamma / sqrt(var + eps)``): one layer, one pass over memory less at inference. The
+    inputs are left unchanged; the result is a new module on conv's device and dtype, in eval mode.
     """
     if getattr(bn, "running_mean", None) is None or getattr(bn, "running_var", None) is None:
         raise ValueError("fold_batchnorm: the BatchNorm has no running statistics (track_running_stats=False); "
                          "it normalises with each batch's own, which no fixed convolution can reproduce")
-    C_out = conv.weight.shape[0]
-    if bn.running_mean.shape[0] != C_out:
-        raise ValueError(f"fold_batchnorm: the conv has {C_out} output channels but the BatchNorm has "
-                         f"{bn.running_mean.shape[0]} features; fold the BatchNorm that follows this conv")
     with torch.no_grad():
-        dtype = conv.weight.dtype
-        var, mean = bn.running_var.double(), bn.running_mean.double()
-        gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
-        beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
-        scale = gamma / torch.sqrt(var + bn.eps)  # (C_out,)
-        b = conv.bias.double() if conv.bias is not None else torch.zeros_like(var)
+        weight, bias = fold_batchnorm_weights(conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
+                                              bn.running_var, bn.eps)
         folded = Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                        conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=dtype)
-        folded.weight.copy_((conv.weight.double() * scale.view(-1, 1, 1, 1)).to(dtype))  # W' = W * s
-        folded.bias.copy_(((b - mean) * scale + beta).to(dtype))  # b' = (b - mean) * s + beta
+                        conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+        folded.weight.copy_(weight)
+        folded.bias.copy_(bias)
     return folded.eval()
+
+
+# --------------------------------------------------------------------------------------
+# Receptive field
+
+def receptive_field(layers) -> tuple[int, int]:
+    """How many input pixels one output pixel of a stack of convolutions / pools sees, along one axis.
+
+    ``layers``: a sequence of ``(kernel, stride, dilation)`` triples of ints >= 1, first layer
+    first (padding does not change either number). Returns ``(size, jump)``: ``size`` the
+    receptive field (a ``size x size`` square of input pixels for square kernels), ``jump``
+    the distance in input pixels between the receptive fields of two neighbouring output
+    pixels (the product of the strides: the stack's effective stride). An empty stack sees
+    one pixel, ``(1, 1)``.
+
+    Walking the layers from the input: a layer of kernel k and dilation d adds
+    ``d * (k - 1)`` of *its input's* pixels to the field, and each of those is ``jump``
+    input-image pixels apart, where ``jump`` is the product of the strides *before* it; then
+    its own stride multiplies the jump. ResNet's stem (7x7 stride 2, then a 3x3 stride-2
+    max-pool): ``receptive_field([(7, 2, 1), (3, 2, 1)]) == (11, 4)``.
+    """
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"receptive_field takes a list of (kernel, stride, dilation) triples, got "
+                        f"{type(layers).__name__}")
+    size, jump = 1, 1
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, (tuple, list)) or len(layer) != 3 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in layer):
+            raise ValueError(f"receptive_field: layer {i} is {layer!r}; each layer must be a (kernel, stride, "
+                             f"dilation) triple of ints >= 1, e.g. (3, 1, 1) for a plain 3x3 conv")
+        kernel, stride, dilation = layer
+        size += dilation * (kernel - 1) * jump  # the new taps, jump input pixels apart
+        jump *= stride
+    return size, jump
 
 
 # --------------------------------------------------------------------------------------

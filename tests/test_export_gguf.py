@@ -562,3 +562,17 @@ def test_gguf_is_imported_lazily_with_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed
     with pytest.raises(ImportError, match="pip install onnx onnxruntime gguf"):
         ge._gguf()
+
+
+def test_load_model_reads_a_gguf_file(files, windows, reference_logits):
+    """``load_model("x.gguf")`` is the public door to the reader: same logits as ``load_gguf_model``, and a
+    clear error for a task a GGUF file cannot serve."""
+    from course_lib.export.gguf_export import load_gguf_model
+
+    for qtype in ("F32", "Q8_0"):
+        ours = load_model(str(files[qtype]))
+        direct = load_gguf_model(files[qtype])
+        assert torch.equal(logits_of(files[qtype], windows), direct(windows))
+        assert torch.equal(ours(windows), direct(windows))
+    with pytest.raises(ValueError, match="causal"):
+        load_model(str(files["F32"]), task="base")

@@ -1087,3 +1087,92 @@ def test_read_rows_of_a_truncated_file(tensors, tmp_path):
         reader.read_rows(last, 0, tensors[last].shape[0])
     with pytest.raises(CorruptCheckpointError, match="truncated"):
         CheckpointReader([path])  # opening it again: the header no longer matches the file
+
+
+# --------------------------------------------------------------------------------------
+# Convolutions (chapter 10): int8 per output channel, the im2col path
+
+def _small_resnet(seed: int = 0):
+    from course_lib.models.resnet import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(seed)
+    config = ResNetConfig.from_dict({"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1],
+                                     "layer_type": "basic", "num_labels": 3})
+    model = ResNetForImageClassification(config)
+    with torch.no_grad():  # BN statistics that are not the identity, so folding/scales matter
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_quant_conv_is_conv2d_with_per_channel_int8_filters():
+    from course_lib.vision import Conv2d, conv2d
+
+    torch.manual_seed(0)
+    conv = Conv2d(6, 10, 3, stride=2, padding=1, dilation=1, groups=2)
+    x = torch.randn(2, 6, 9, 9)
+    q = Q.QuantConv2d.from_conv(conv, "int8")
+    assert q.weight.dtype == torch.int8 and tuple(q.weight.shape) == (10, 3, 3, 3)
+    assert tuple(q.weight_scale.shape) == (10,) and q.weight_scale.dtype == torch.bfloat16
+    flat_q, flat_scale = quantize_int8(conv.weight.detach().reshape(10, -1))  # one scale per filter (output channel)
+    assert torch.equal(q.weight.reshape(10, -1), flat_q) and torch.equal(q.weight_scale, flat_scale)
+    expected = conv2d(x, dequantize_int8(flat_q, flat_scale).view(10, 3, 3, 3), conv.bias.detach(), 2, 1, 1, 2)
+    assert torch.equal(q(x), expected)
+    assert (q(x) - conv(x)).abs().max() < 0.02 * conv(x).abs().max()  # int8: close, not equal
+    tensor = Q.QuantConv2d.from_conv(conv, "int8-tensor")
+    assert tensor.weight_scale.dim() == 0
+    with pytest.raises(ValueError, match="int8 filters only"):
+        Q.QuantConv2d.from_conv(conv, "int4")
+
+
+def test_quantize_model_int8_quantizes_a_resnets_convolutions(tmp_path):
+    model = _small_resnet()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+    before = model_nbytes(model)
+    quantize_model(model, "int8")
+    convs = [n for n, m in model.named_modules() if isinstance(m, Q.QuantConv2d)]
+    assert len(convs) == 6 and "resnet.embedder.embedder.convolution" in convs  # stem, 4 block convs, 1 shortcut
+    assert isinstance(model.classifier[1], QuantLinear)
+    assert model_nbytes(model) < 0.4 * before  # the filters are most of a ResNet
+    with torch.no_grad():
+        assert (model(x) - reference).abs().max() < 0.05 * reference.abs().max()
+    state = model.state_dict()
+    assert state["resnet.embedder.embedder.convolution.weight"].shape == (8, 3, 7, 7)  # the float file's shape
+    assert state["resnet.embedder.embedder.convolution.weight"].dtype == torch.int8
+    # saved quantized, loaded back quantized: the same model
+    folder = model.save_pretrained(tmp_path / "int8")
+    again = load_model(folder)
+    assert isinstance(again.resnet.embedder.embedder.convolution, Q.QuantConv2d)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+
+
+def test_load_model_int8_quantizes_convolutions_while_reading(tmp_path):
+    model = _small_resnet(1)
+    folder = model.save_pretrained(tmp_path / "float")
+    x = torch.randn(1, 3, 24, 24)
+    by_hand = quantize_model(copy.deepcopy(model), "int8")
+    loaded = load_model(folder, quantize="int8")
+    for name, module in by_hand.named_modules():
+        if isinstance(module, Q.QuantConv2d):
+            mine = loaded.get_submodule(name)
+            assert isinstance(mine, Q.QuantConv2d)
+            assert torch.equal(mine.weight, module.weight) and torch.equal(mine.weight_scale, module.weight_scale)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), by_hand(x))
+
+
+def test_int4_leaves_convolutions_in_float_and_refuses_to_convert_int8_ones():
+    model = _small_resnet()
+    quantize_model(model, "int4-g8-sym")
+    assert not any(isinstance(m, Q.QuantConv2d) for m in model.modules())
+    assert isinstance(model.resnet.embedder.embedder.convolution.weight, torch.nn.Parameter)
+    int8 = quantize_model(_small_resnet(), "int8")
+    with pytest.raises(ValueError, match="int8 convolution .* quantize the float model"):
+        quantize_model(int8, "int4")
+    assert isinstance(int8.resnet.embedder.embedder.convolution, Q.QuantConv2d)  # left as it was

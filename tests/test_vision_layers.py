@@ -283,6 +283,92 @@ def test_fold_batchnorm_is_wrong_in_train_mode_and_errors_are_clear():
         V.fold_batchnorm(conv, V.BatchNorm2d(4, track_running_stats=False))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("affine,with_bias", [(True, True), (True, False), (False, True)])
+def test_fold_batchnorm_weights_on_tensors_equals_torch_conv_then_bn(dtype, affine, with_bias):
+    conv = nn.Conv2d(3, 5, 3, padding=1, bias=with_bias).to(dtype)
+    bn = nn.BatchNorm2d(5, eps=1e-3, affine=affine).to(dtype)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(5))
+        bn.running_var.copy_(torch.rand(5) * 3 + 0.05)
+        if affine:
+            bn.weight.copy_(torch.randn(5))
+            bn.bias.copy_(torch.randn(5))
+    bn.eval()
+    before = [t.clone() for t in (conv.weight, bn.running_var)]
+    w, b = V.fold_batchnorm_weights(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(),
+                                    bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+    assert w.shape == conv.weight.shape and b.shape == (5,) and w.dtype == b.dtype == dtype
+    x = torch.randn(2, 3, 7, 6, dtype=dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    with torch.no_grad():
+        close(F.conv2d(x, w, b, padding=1), bn(conv(x)), atol=tol, rtol=tol)
+    assert torch.equal(before[0], conv.weight) and torch.equal(before[1], bn.running_var)  # inputs untouched
+
+
+def test_fold_batchnorm_uses_the_standard_deviation_and_eps():
+    # one channel, by hand: s = 2 / sqrt(3 + 1) = 1, t = 0.5 - 4 * 1 = -3.5
+    w, b = V.fold_batchnorm_weights(torch.full((1, 1, 1, 1), 3.0), torch.tensor([1.0]), torch.tensor([2.0]),
+                                    torch.tensor([0.5]), torch.tensor([4.0]), torch.tensor([3.0]), eps=1.0)
+    assert w.item() == 3.0 and b.item() == (1.0 - 4.0) * 1.0 + 0.5
+    with pytest.raises(ValueError, match="conv has 2 output channels but the BatchNorm has 3"):
+        V.fold_batchnorm_weights(torch.ones(2, 1, 1, 1), None, None, None, torch.zeros(3), torch.ones(3))
+
+
+# --------------------------------------------------------------------------------------
+# Receptive field
+
+
+def measured_receptive_field(layers, size=64):
+    """(field, jump) read off autograd on a real stack along the height axis: the input rows that
+    reach output pixel (i, 0), and how far that set moves from output row i to i + 1."""
+    mods = []
+    for i, (k, s, d) in enumerate(layers):
+        if i % 2:  # alternate convolutions and average pools: any layer with these numbers has this field
+            mods.append(lambda x, k=k, s=s, d=d: F.conv2d(x, torch.ones(1, 1, k, k), stride=s, dilation=d))
+        elif d == 1:
+            mods.append(lambda x, k=k, s=s: F.avg_pool2d(x, k, stride=s))
+        else:  # avg_pool2d has no dilation: a dilated conv with positive weights
+            mods.append(lambda x, k=k, s=s, d=d: F.conv2d(x, torch.rand(1, 1, k, k) + 0.5, stride=s, dilation=d))
+    x = torch.rand(1, 1, size, size, dtype=torch.float64, requires_grad=True)
+
+    def rows_reached(i):
+        out = x
+        for m in mods:
+            out = m(out.float()).double()
+        (g,) = torch.autograd.grad(out[0, 0, i, 0], x)
+        rows = torch.nonzero(g[0, 0].abs().sum(1) > 0).flatten()
+        return int(rows.min()), int(rows.max())
+
+    first, last = rows_reached(0)
+    nxt, _ = rows_reached(1)
+    return last - first + 1, nxt - first
+
+
+@pytest.mark.parametrize("layers", [
+    [], [(3, 1, 1)], [(7, 2, 1), (3, 2, 1)], [(3, 1, 1)] * 3, [(3, 2, 1), (3, 1, 2), (2, 2, 1)],
+    [(3, 1, 2), (3, 1, 4), (3, 1, 8)], [(4, 4, 1), (3, 1, 1)], [(1, 2, 1), (5, 1, 1), (3, 3, 2)],
+], ids=str)
+def test_receptive_field_is_what_gradients_of_a_real_stack_reach(layers):
+    expected = V.receptive_field(layers)
+    if layers:
+        assert measured_receptive_field(layers) == expected
+    else:
+        assert expected == (1, 1)
+
+
+def test_receptive_field_known_values_and_errors():
+    assert V.receptive_field([(7, 2, 1), (3, 2, 1)]) == (11, 4)  # ResNet's stem
+    assert V.receptive_field([(3, 1, 2 ** i) for i in range(4)]) == (31, 1)  # dilations 1, 2, 4, 8: 2^(n+1) - 1
+    assert V.receptive_field([[16, 16, 1]]) == (16, 16)  # ViT's patch embedding
+    with pytest.raises(ValueError, match="layer 1 is \\(3, 1\\)"):
+        V.receptive_field([(3, 1, 1), (3, 1)])
+    with pytest.raises(ValueError, match="ints >= 1"):
+        V.receptive_field([(0, 1, 1)])
+    with pytest.raises(TypeError, match="list of"):
+        V.receptive_field(3)
+
+
 # --------------------------------------------------------------------------------------
 # Pooling
 

@@ -58,6 +58,20 @@ ASSETS: dict[str, Asset] = {asset.name: asset for asset in (
     _shipped("sms-spam", "the SMS Spam Collection v.1: 5,574 English text messages labelled ham/spam by people, "
                          "CC BY 4.0 (478 KB); chapter 08's labelled set (split by course_lib.classification_data)",
              ("SMSSpamCollection", "LICENSE.txt", "README.md")),
+    _shipped("digits", "the UCI handwritten digits (test set, as scikit-learn ships it): 1,797 8x8 digits by 13 "
+                       "writers, ink 0..16, CC BY 4.0 (58 KB); chapter 10's image set (split by "
+                       "course_lib.image_data)", ("digits.csv.gz", "LICENSE.txt", "README.md")),
+    _shipped("digits-resnet", "the course's small ResNet (basic blocks) trained on the digits by "
+                              "`python -m course_lib.vision_training`, in the Hub's resnet layout",
+             ("config.json", "model.safetensors", "preprocessor_config.json", "README.md"),
+             install=f"{_REINSTALL}, or retrain it: python -m course_lib.vision_training"),
+    _shipped("digits-vit", "the course's small ViT trained on the digits by `python -m course_lib.vision_training`, "
+                           "in the Hub's vit layout",
+             ("config.json", "model.safetensors", "preprocessor_config.json", "README.md"),
+             install=f"{_REINSTALL}, or retrain it: python -m course_lib.vision_training"),
+    _shipped("digits-results", "chapter 10's measured results: the digit ResNet vs ViT, float32 vs int8 "
+                               "(results.json, documented in README.md)", ("results.json", "README.md"),
+             install=f"{_REINSTALL}, or measure again: python -m course_lib.vision_training"),
     _shipped("minilm-reference", "activations of transformers' BertModel on all-MiniLM-L6-v2 for two sentences "
                                  "(chapter 04 compares with them)", ("activations.safetensors", "README.md")),
     _shipped("tiny-gpt2-reference", "outputs of transformers' GPT2LMHeadModel on the tiny GPT-2 for two prompts "

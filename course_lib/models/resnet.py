@@ -294,7 +294,8 @@ class ResNetModel(CourseModel):
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> ResNetOutput:
         """pixel_values (B, num_channels, H, W) float -> ResNetOutput (float, the weights' dtype)."""
         check_resnet_pixel_values(pixel_values, self.config)
-        weight = self.embedder.embedder.convolution.weight
+        # the stem's BatchNorm scale, not its conv weight: an int8 model (quantize_model) keeps int8 filters
+        weight = self.embedder.embedder.normalization.weight
         pixel_values = pixel_values.to(device=weight.device, dtype=weight.dtype)
         stem = self.embedder(pixel_values)  # (B, E, H/4, W/4)
         if output_hidden_states:
