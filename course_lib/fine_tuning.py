@@ -50,6 +50,7 @@ from torch import nn
 from course_lib.classification_data import (DEFAULT_MAX_LENGTH, ID2LABEL, SPLIT_SHA256, TextSplit,
                                             classification_batches, linear_probe_baseline, majority_baseline,
                                             sms_spam_splits, token_lengths)
+from course_lib.results_file import ResultsError, ResultsLayout
 from course_lib.training import (AdamW, LossSum, WarmupCosineSchedule, causal_lm_loss, classification_loss,
                                  cross_entropy, evaluate, seed_everything, train, weight_decay_groups)
 
@@ -857,34 +858,16 @@ SECTION_KEYS = {"classifiers": ("table", "probe", "runs", "deploy", "pruning"), 
 TABLE_METHODS = ("majority", "linear_probe", "full_fine_tuning", "lora")
 
 
-class ResultsError(ValueError):
-    """results.json does not have the documented layout; the message names the key."""
-
-
-def _need(value, path: str, kind, what: str = ""):
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise ResultsError(f"results.json: {path} should be {what or getattr(kind, '__name__', kind)}, got "
-                           f"{type(value).__name__} {str(value)[:60]!r}")
-    return value
-
-
-def _key(obj: dict, key: str, path: str, kind=dict, what: str = ""):
-    if not isinstance(obj, dict) or key not in obj:
-        raise ResultsError(f"results.json: {path} has no key {key!r} (it has {sorted(obj) if isinstance(obj, dict) else obj!r})")
-    return _need(obj[key], f"{path}.{key}", kind, what)
+_LAYOUT = ResultsLayout(COMMAND)
+_need, _key = _LAYOUT.value, _LAYOUT.key  # (value, path, kind) and (obj, key, path, kind)
 
 
 def _check_scores(obj: dict, path: str, keys=("accuracy", "macro_f1")) -> None:
     for k in keys:
-        v = _key(obj, k, path, float)
-        if k != "loss" and not 0.0 <= v <= 1.0:
-            raise ResultsError(f"results.json: {path}.{k} = {v} is not in [0, 1]")
+        if k == "loss":
+            _key(obj, k, path, float)
+        else:
+            _LAYOUT.fraction(obj, k, path)
 
 
 def _check_matrix(m, path: str, total: int | None = None) -> None:

@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import math
 import os
 import platform
 import shutil
@@ -43,6 +42,7 @@ from torch import nn
 
 from course_lib import image_data
 from course_lib.models import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
+from course_lib.results_file import ResultsError, ResultsLayout
 from course_lib.training import AdamW, LossSum, WarmupCosineSchedule, cross_entropy, train, weight_decay_groups
 
 COMMAND = "python -m course_lib.vision_training"
@@ -308,31 +308,8 @@ def run(threads: int = 2, progress: bool = True, out_root: Path | None = None) -
 # --------------------------------------------------------------------------------------
 # results.json: layout check
 
-class ResultsError(ValueError):
-    """results.json does not have the documented layout; the message names the key."""
-
-
-def _need(obj, key: str, path: str, kind):
-    if not isinstance(obj, dict) or key not in obj:
-        raise ResultsError(f"results.json: {path} has no key {key!r}; rerun `{COMMAND}`")
-    value = obj[key]
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise ResultsError(f"results.json: {path}.{key} should be {getattr(kind, '__name__', kind)}, got "
-                           f"{type(value).__name__} {str(value)[:60]!r}")
-    return value
-
-
-def _fraction(obj, key: str, path: str) -> float:
-    value = _need(obj, key, path, float)
-    if not 0.0 <= value <= 1.0:
-        raise ResultsError(f"results.json: {path}.{key} = {value} is not in [0, 1]")
-    return value
+_LAYOUT = ResultsLayout(COMMAND)
+_key, _fraction = _LAYOUT.key, _LAYOUT.fraction  # (obj, key, path[, kind]): obj[key], checked
 
 
 def check_results(results: dict) -> dict:
@@ -343,44 +320,44 @@ def check_results(results: dict) -> dict:
     """
     if not isinstance(results, dict):
         raise ResultsError("results.json must hold a JSON object")
-    if _need(results, "schema_version", "(top level)", int) != SCHEMA_VERSION:
+    if _key(results, "schema_version", "(top level)", int) != SCHEMA_VERSION:
         raise ResultsError(f"results.json has schema_version {results['schema_version']}, this code reads "
                            f"{SCHEMA_VERSION}: rerun `{COMMAND}`")
     for key in ("command", "date"):
-        _need(results, key, "(top level)", str)
-    _need(results, "wall_s", "(top level)", float)
-    env = _need(results, "environment", "(top level)", dict)
+        _key(results, key, "(top level)", str)
+    _key(results, "wall_s", "(top level)", float)
+    env = _key(results, "environment", "(top level)", dict)
     for key in ("torch", "python", "platform", "cpu"):
-        _need(env, key, "environment", str)
+        _key(env, key, "environment", str)
     for key in ("cpu_count", "threads"):
-        _need(env, key, "environment", int)
-    data = _need(results, "data", "(top level)", dict)
-    if _need(data, "sha256", "data", str) != image_data.DIGITS_SHA256 or \
-            _need(data, "split_sha256", "data", dict) != image_data.SPLIT_SHA256:
+        _key(env, key, "environment", int)
+    data = _key(results, "data", "(top level)", dict)
+    if _key(data, "sha256", "data", str) != image_data.DIGITS_SHA256 or \
+            _key(data, "split_sha256", "data", dict) != image_data.SPLIT_SHA256:
         raise ResultsError(f"results.json was measured on other data or another split (data.sha256 / "
                            f"data.split_sha256 differ from course_lib.image_data's): rerun `{COMMAND}`")
-    sizes = _need(data, "sizes", "data", dict)
-    n_test = _need(sizes, "test", "data.sizes", int)
-    if len(_need(data, "test_indices", "data", list)) != n_test:
+    sizes = _key(data, "sizes", "data", dict)
+    n_test = _key(sizes, "test", "data.sizes", int)
+    if len(_key(data, "test_indices", "data", list)) != n_test:
         raise ResultsError(f"results.json: data.test_indices should list the {n_test} test digits")
-    _need(data, "preprocessor", "data", dict)
-    models = _need(results, "models", "(top level)", dict)
+    _key(data, "preprocessor", "data", dict)
+    models = _key(results, "models", "(top level)", dict)
     if sorted(models) != sorted(MODELS):
         raise ResultsError(f"results.json: models should be {list(MODELS)}, got {sorted(models)}")
     for kind, info in models.items():
         path = f"models.{kind}"
         for key in ("asset", "architecture"):
-            _need(info, key, path, str)
-        _need(info, "config", path, dict)
-        _need(info, "settings", path, dict)
+            _key(info, key, path, str)
+        _key(info, "config", path, dict)
+        _key(info, "settings", path, dict)
         for key in ("parameters", "steps", "best_step"):
-            _need(info, key, path, int)
-        _need(info, "train_s", path, float)
-        _fraction(_need(info, "validation", path, dict), "accuracy", f"{path}.validation")
-        test = _need(info, "test", path, dict)
+            _key(info, key, path, int)
+        _key(info, "train_s", path, float)
+        _fraction(_key(info, "validation", path, dict), "accuracy", f"{path}.validation")
+        test = _key(info, "test", path, dict)
         accuracy = _fraction(test, "accuracy", f"{path}.test")
-        _need(test, "loss", f"{path}.test", float)
-        matrix = _need(test, "confusion_matrix", f"{path}.test", list)
+        _key(test, "loss", f"{path}.test", float)
+        matrix = _key(test, "confusion_matrix", f"{path}.test", list)
         if len(matrix) != NUM_CLASSES or any(not isinstance(r, list) or len(r) != NUM_CLASSES
                                              or any(not isinstance(c, int) or c < 0 for c in r) for r in matrix):
             raise ResultsError(f"results.json: {path}.test.confusion_matrix should be a 10 x 10 list of counts")
@@ -388,23 +365,23 @@ def check_results(results: dict) -> dict:
             raise ResultsError(f"results.json: {path}.test.confusion_matrix counts {sum(map(sum, matrix))} digits, "
                                f"the test split has {n_test}")
         correct = sum(matrix[i][i] for i in range(NUM_CLASSES))
-        wrong = _need(test, "misclassified", f"{path}.test", list)
-        if len(wrong) != n_test - correct or len(_need(test, "predicted", f"{path}.test", list)) != len(wrong) or \
+        wrong = _key(test, "misclassified", f"{path}.test", list)
+        if len(wrong) != n_test - correct or len(_key(test, "predicted", f"{path}.test", list)) != len(wrong) or \
                 any(not isinstance(i, int) or not 0 <= i < n_test for i in wrong):
             raise ResultsError(f"results.json: {path}.test.misclassified should list the {n_test - correct} test "
                                f"positions (0..{n_test - 1}) the confusion matrix counts as wrong")
         if abs(accuracy - correct / n_test) > 1e-9:
             raise ResultsError(f"results.json: {path}.test.accuracy {accuracy} disagrees with its confusion matrix")
-        f32 = _need(info, "float32", path, dict)
-        i8 = _need(info, "int8", path, dict)
+        f32 = _key(info, "float32", path, dict)
+        i8 = _key(info, "int8", path, dict)
         for variant, name in ((f32, "float32"), (i8, "int8")):
             _fraction(variant, "test_accuracy", f"{path}.{name}")
-            _need(variant, "weight_bytes", f"{path}.{name}", int)
-        _need(f32, "file_bytes", f"{path}.float32", int)
+            _key(variant, "weight_bytes", f"{path}.{name}", int)
+        _key(f32, "file_bytes", f"{path}.float32", int)
         _fraction(i8, "prediction_agreement", f"{path}.int8")
         _fraction(i8, "bytes_ratio", f"{path}.int8")
-        _need(i8, "max_abs_logit_diff", f"{path}.int8", float)
-        _need(i8, "misclassified", f"{path}.int8", list)
+        _key(i8, "max_abs_logit_diff", f"{path}.int8", float)
+        _key(i8, "misclassified", f"{path}.int8", list)
     return results
 
 

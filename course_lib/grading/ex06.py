@@ -24,7 +24,7 @@ from torch import nn
 
 from course_lib import generation, layers
 from course_lib.grading.registry import (GradeError, call_learner, chapter_rules, exercise, expect_close, expect_equal,
-                                         expect_tensor, expect_tensors)
+                                         expect_tensor, expect_tensors, randn)
 from course_lib.models import gpt2
 
 ANSWER_KEY = ("course_lib.layers.causal_mask",) + tuple(
@@ -36,9 +36,6 @@ ANSWER_KEY = ("course_lib.layers.causal_mask",) + tuple(
 
 
 chapter_rules("ex06", allow=("course_lib.layers",), refuse=("course_lib.layers.causal_mask",))
-
-def randn(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
-    return torch.from_numpy((rng.standard_normal(shape) * scale).astype(np.float32))
 
 
 def call(fn, *args, what: str):

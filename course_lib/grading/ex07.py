@@ -25,14 +25,13 @@ the check tries the usual mistakes on the same input and names the one that matc
 from __future__ import annotations
 
 import numbers
-from typing import Callable
 
 import numpy as np
 import torch
 
 from course_lib import quantization as Q
 from course_lib.grading.registry import (GradeError, call_learner, exercise, expect_close, expect_dtype,
-                                         expect_shape, expect_tensor, expect_tensors)
+                                         expect_shape, expect_tensor, expect_tensors, likely, randn)
 
 ANSWER_KEY = tuple(f"course_lib.quantization.{name}" for name in (
     "absmax_scale", "quantize_absmax", "quantize_int8", "dequantize_int8", "group_rows", "quantize_int4",
@@ -45,10 +44,6 @@ HALF_TOLERANCE = 1e-4  # a value this close to k + 0.5 may round either way
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def randn(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
-    return torch.from_numpy((rng.standard_normal(shape) * scale).astype(np.float32))
 
 
 def weight(rng: np.random.Generator, n: int, k: int, *, outliers: bool = True, zero_rows: bool = False,
@@ -97,23 +92,6 @@ def show(t: torch.Tensor) -> str:
     """A tensor's values when it is small, its shape otherwise."""
     return str(t.float().tolist() if t.dtype == BF16 else t.tolist()) if t.numel() <= 12 else \
         f"of shape {tuple(t.shape)}"
-
-
-def likely(got: torch.Tensor, mistakes: dict[str, Callable[[], torch.Tensor]]) -> str:
-    """A sentence naming the usual mistakes that reproduce ``got`` exactly (on a small input several can),
-    or "" when none does."""
-    found = []
-    for text, make in mistakes.items():
-        try:
-            candidate = make()
-        except Exception:  # the mistake cannot even happen on this input
-            continue
-        if isinstance(candidate, torch.Tensor) and candidate.shape == got.shape and \
-                torch.equal(candidate.double(), got.double()):
-            found.append(text)
-    if not found:
-        return ""
-    return f" It looks like {found[0]}" + (f" (or: {'; or: '.join(found[1:])})" if found[1:] else "") + "."
 
 
 def expect_scales(got: torch.Tensor, expected: torch.Tensor, what: str, mistakes: dict) -> None:

@@ -35,7 +35,8 @@ from course_lib import lora as L
 from course_lib import surgery as S
 from course_lib import training as T
 from course_lib.grading.registry import (GradeError, call_learner, chapter_rules, exercise, expect_close,
-                                         expect_dtype, expect_raises, expect_shape, expect_tensor, expect_tensors)
+                                         expect_dtype, expect_raises, expect_shape, expect_tensor, expect_tensors,
+                                         likely, randn)
 
 ANSWER_KEY = (
     *(f"course_lib.training.{name}" for name in (
@@ -57,11 +58,6 @@ F64 = torch.float64
 
 
 # ----------------------------------------------------------------------------- inputs and calls
-
-
-def randn(rng: np.random.Generator, *shape: int, scale: float = 1.0, dtype: torch.dtype = torch.float32
-          ) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(rng.standard_normal(shape) * scale)).to(dtype)
 
 
 def call(fn, *args, what: str):
@@ -88,24 +84,6 @@ def close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol, equal_nan=True))
 
 
-def likely(got: Any, mistakes: dict[str, Callable[[], Any]], rtol: float, atol: float) -> str:
-    """The sentence " It looks like ...", naming the usual mistakes whose result ``got`` reproduces, or ""."""
-    found = []
-    got_t = torch.as_tensor(got, dtype=F64) if isinstance(got, numbers.Real) else got
-    for text, make in mistakes.items():
-        try:
-            candidate = make()
-            candidate = torch.as_tensor(candidate, dtype=F64) if isinstance(candidate, numbers.Real) else candidate
-        except Exception:  # the mistake cannot even happen on this input
-            continue
-        if isinstance(candidate, torch.Tensor) and isinstance(got_t, torch.Tensor) and \
-                close(got_t, candidate, rtol, atol) and bool(torch.isfinite(candidate).all()):
-            found.append(text)
-    if not found:
-        return ""
-    return f" It looks like {found[0]}" + (f" (or: {'; or: '.join(found[1:])})" if found[1:] else "") + "."
-
-
 def expect_values(got: torch.Tensor, expected: torch.Tensor, what: str, mistakes: dict, rtol: float,
                   atol: float) -> None:
     """``got`` close to ``expected`` (shapes checked before), else a GradeError naming a matching mistake."""
@@ -114,9 +92,9 @@ def expect_values(got: torch.Tensor, expected: torch.Tensor, what: str, mistakes
     try:
         expect_close(got, expected, what, atol=atol, rtol=rtol)
     except GradeError as err:
-        raise GradeError(str(err) + "." + likely(got, mistakes, rtol, atol)) from None
+        raise GradeError(str(err) + "." + likely(got, mistakes, rtol=rtol, atol=atol)) from None
     raise GradeError(f"{what}: differs from the expected result (NaN where a number was expected, or the reverse)."
-                     + likely(got, mistakes, rtol, atol))
+                     + likely(got, mistakes, rtol=rtol, atol=atol))
 
 
 def show(t: torch.Tensor) -> str:
@@ -547,7 +525,7 @@ def _(fn, rng):
         norm_mistakes, grad_mistakes = clip_mistakes(grads, max_norm)
         if not math.isclose(float(total), expected_total, rel_tol=1e-5, abs_tol=1e-7):
             raise GradeError(f"{what}: total norm expected {expected_total:.6g}, got {float(total):.6g}."
-                             + likely(float(total), norm_mistakes, 1e-5, 1e-7))
+                             + likely(float(total), norm_mistakes, rtol=1e-5, atol=1e-7))
         for i, (got, want) in enumerate(zip(clipped, expected)):
             label = f"{what}, clipped gradient {i}"
             expect_tensor(got, label)
@@ -563,7 +541,7 @@ def _(fn, rng):
                 expect_close(clipped[bad[0]], expected[bad[0]], f"{what}, clipped gradient {bad[0]}", rtol=1e-5,
                              atol=1e-7)
             except GradeError as err:
-                raise GradeError(str(err) + "." + likely(flat(clipped), mistakes, 1e-5, 1e-7)) from None
+                raise GradeError(str(err) + "." + likely(flat(clipped), mistakes, rtol=1e-5, atol=1e-7)) from None
 
 
 # ----------------------------------------------------------------------------- 5-6. LoRA
@@ -861,10 +839,10 @@ def _(fn, rng):
                 elif key in ("c_proj.bias", "output.dense.bias") or "LayerNorm" in key:
                     why = ": this tensor has one entry per output feature (C); no head owns it, so it stays as it was"
                 raise GradeError(f"{label_k}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}{why}."
-                                 + likely(got, mistakes, 0, 0))
+                                 + likely(got, mistakes))
             if not torch.equal(got, want):
                 raise GradeError(f"{label_k}: {int((got != want).sum())} of {want.numel()} values differ from the "
-                                 f"expected selection." + likely(got, mistakes, 0, 0))
+                                 f"expected selection." + likely(got, mistakes))
     H = 4
     state = _block(rng, bool(rng.integers(0, 2)), H, 2, 8)
     expect_raises(ValueError, lambda: call(fn, state, list(range(H)), H, what="prune_head_weights(every head)"),

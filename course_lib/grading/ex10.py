@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from course_lib import image_processing as IP
 from course_lib import vision as V
 from course_lib.grading.registry import (GradeError, call_learner, chapter_rules, exercise, expect_close,
-                                         expect_dtype, expect_raises, expect_shape, expect_tensor, expect_tensors)
+                                         expect_dtype, expect_raises, expect_shape, expect_tensor, expect_tensors,
+                                         likely, randn, same_value)
 from course_lib.models import vit as VIT
 
 ANSWER_KEY = (
@@ -69,11 +70,6 @@ F64 = torch.float64
 # ----------------------------------------------------------------------------- inputs and calls
 
 
-def randn(rng: np.random.Generator, *shape: int, scale: float = 1.0, dtype: torch.dtype = torch.float32
-          ) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(rng.standard_normal(shape) * scale)).to(dtype)
-
-
 def call(fn, *args, what: str):
     """Run the learner's function with the answer key switched off; it must leave its inputs as they were."""
     return call_learner(fn, args, what, ANSWER_KEY + SHORTCUTS, "; course_lib is the answer key, and PyTorch's "
@@ -91,31 +87,6 @@ def tolerances(dtype: torch.dtype) -> tuple[float, float]:
     return (1e-10, 1e-10) if dtype == F64 else (1e-5, 1e-5)
 
 
-def same(a: Any, b: Any, rtol: float, atol: float) -> bool:
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        if a.shape != b.shape:
-            return False
-        if rtol == 0 and atol == 0:
-            return a.dtype == b.dtype and bool(torch.equal(a, b))
-        return bool(torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol))
-    return a == b
-
-
-def likely(got: Any, mistakes: dict[str, Callable[[], Any]], rtol: float = 0.0, atol: float = 0.0) -> str:
-    """The sentence " It looks like ...", naming the usual mistakes whose result ``got`` reproduces, or ""."""
-    found = []
-    for text, make in mistakes.items():
-        try:
-            candidate = make()
-        except Exception:  # the mistake cannot even happen on this input
-            continue
-        if candidate is not None and same(got, candidate, rtol, atol):
-            found.append(text)
-    if not found:
-        return ""
-    return f" It looks like {found[0]}" + (f" (or: {'; or: '.join(found[1:])})" if found[1:] else "") + "."
-
-
 def expect_values(got: torch.Tensor, expected: torch.Tensor, what: str, mistakes: dict, rtol: float = 0.0,
                   atol: float = 0.0, why_shape: str = "") -> None:
     """``got`` equal (``rtol = atol = 0``) or close to ``expected``, shapes first; else a GradeError that
@@ -123,8 +94,8 @@ def expect_values(got: torch.Tensor, expected: torch.Tensor, what: str, mistakes
     if tuple(got.shape) != tuple(expected.shape):
         because = f"; {why_shape}" if why_shape else ""
         raise GradeError(f"{what}: expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}{because}."
-                         + likely(got, mistakes, rtol, atol))
-    if same(got.to(expected.dtype), expected, rtol, atol):
+                         + likely(got, mistakes, rtol=rtol, atol=atol))
+    if same_value(got.to(expected.dtype), expected, rtol, atol):
         return
     if rtol == 0 and atol == 0:
         bad = int((got.to(expected.dtype) != expected).sum())
@@ -133,9 +104,9 @@ def expect_values(got: torch.Tensor, expected: torch.Tensor, what: str, mistakes
     try:
         expect_close(got, expected, what, atol=atol, rtol=rtol)
     except GradeError as err:
-        raise GradeError(str(err) + "." + likely(got, mistakes, rtol, atol)) from None
+        raise GradeError(str(err) + "." + likely(got, mistakes, rtol=rtol, atol=atol)) from None
     raise GradeError(f"{what}: differs from the expected result (NaN where a number was expected, or the reverse)."
-                     + likely(got, mistakes, rtol, atol))
+                     + likely(got, mistakes, rtol=rtol, atol=atol))
 
 
 def expect_int(got: Any, what: str) -> int:
@@ -455,14 +426,15 @@ def _(fn, rng):
         rtol, atol = tolerances(weight.dtype)
         got = torch.cat([new_weight.flatten(), new_bias]).double()
         expected = torch.cat([exp_weight.flatten(), exp_bias]).double()
-        if not same(got, expected, rtol, atol * 10):
-            which = "new_weight" if not same(new_weight.double(), exp_weight.double(), rtol, atol * 10) else "new_bias"
+        if not same_value(got, expected, rtol, atol * 10):
+            weight_ok = same_value(new_weight.double(), exp_weight.double(), rtol, atol * 10)
+            which = "new_bias" if weight_ok else "new_weight"
             gotten, wanted = (new_weight, exp_weight) if which == "new_weight" else (new_bias, exp_bias)
             try:
                 expect_close(gotten, wanted, f"{what}, {which}", rtol=rtol, atol=atol * 10)
             except GradeError as err:
                 raise GradeError(str(err) + "." + likely(got, fold_mistakes(weight, bias, gamma, beta, mean, var, eps),
-                                                         rtol, atol * 10)) from None
+                                                         rtol=rtol, atol=atol * 10)) from None
             raise GradeError(f"{what}, {which}: NaN where a number was expected, or the reverse")
 
 

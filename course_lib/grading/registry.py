@@ -18,7 +18,8 @@ exercise::
 ``exercises/ex01_*.py``); ``rng`` is a seeded ``numpy.random.Generator``. Inputs are random,
 expected values come from ``course_lib``'s reference code, so a hard-coded answer cannot
 pass. A check signals a wrong answer by raising :class:`GradeError` with a message that
-says what input gave what, and what was expected.
+says what input gave what, and what was expected. :func:`randn` makes random tensor inputs;
+:func:`likely` adds the usual mistake a wrong answer reproduces to the message.
 
 When the grader runs, ``fn`` is a :class:`~course_lib.grading.learner_process.LearnerFunction`:
 the learner's code runs in another process and the check only sees arguments go out and
@@ -43,12 +44,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import numbers
 import pkgutil
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from course_lib.grading.child import resolve_owner
+
+if TYPE_CHECKING:  # the functions that need torch import it: importing this module stays cheap
+    import torch
 
 
 class GradeError(AssertionError):
@@ -286,6 +291,79 @@ def expect_raises(exception: type[BaseException], call: Callable[[], Any], what:
     shown = repr(actual) if isinstance(actual, (int, float, str, tuple, list, type(None))) \
         else f"a value of type {type(actual).__name__}"
     raise GradeError(f"{what}: {why}, so a {exception.__name__} was expected; your function returned {shown}")
+
+
+def randn(rng: np.random.Generator, *shape: int, scale: float = 1.0, dtype: torch.dtype | None = None
+          ) -> torch.Tensor:
+    """A torch tensor of ``shape`` holding ``scale`` times standard normal draws from ``rng``.
+
+    The draws are made in float64 and then rounded to ``dtype`` (float32 when None), so a check's inputs
+    depend on its seed only, not on the dtype it asks for or on PyTorch's global generator.
+    """
+    import torch
+
+    values = torch.from_numpy(np.asarray(rng.standard_normal(shape) * scale))  # float64
+    return values.to(torch.float32 if dtype is None else dtype)
+
+
+def _tensor_if_number(value: Any) -> Any:
+    import torch
+
+    return torch.as_tensor(value, dtype=torch.float64) if isinstance(value, numbers.Real) else value
+
+
+def same_value(a: Any, b: Any, rtol: float = 0.0, atol: float = 0.0) -> bool:
+    """Whether ``a`` and ``b`` hold the same value.
+
+    Tensors (a real number counts as a 0-d float64 tensor) must have the same shape and values that
+    ``torch.allclose`` accepts within ``rtol`` and ``atol``, compared in float64: with both 0, exactly
+    equal values (the dtypes may differ). NaN never matches. Other values (tuples, bytes, strings) are
+    compared with ``==``; a tensor never matches a value that is not one.
+    """
+    import torch
+
+    a, b = _tensor_if_number(a), _tensor_if_number(b)
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and bool(torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol)))
+    return bool(a == b)
+
+
+def _finite(value: Any) -> bool:
+    import torch
+
+    value = _tensor_if_number(value)
+    return not isinstance(value, torch.Tensor) or bool(torch.isfinite(value).all())
+
+
+def likely(got: Any, mistakes: dict[str, Callable[[], Any]], *, rtol: float = 0.0, atol: float = 0.0,
+           same: Callable[[Any, Any], bool] | None = None) -> str:
+    """The sentence " It looks like ...", naming the usual mistakes whose result ``got`` reproduces, or "".
+
+    ``mistakes`` maps a sentence that names a mistake (and what to do instead) to a function that computes
+    what the mistake returns on the check's input; a function that raises, or returns None, stands for a
+    mistake that cannot happen on this input. On a small input several mistakes can match: all are named.
+
+    ``got`` matches a mistake's result when :func:`same_value` says so within ``rtol`` and ``atol``
+    (exactly by default) and the result holds no inf or NaN (a computation that broke down does not tell
+    which mistake it was); or, when ``same`` is given, when ``same(got, result)`` is true.
+    """
+    def matches(candidate: Any) -> bool:
+        if same is not None:
+            return bool(same(got, candidate))
+        return _finite(candidate) and same_value(got, candidate, rtol, atol)
+
+    found = []
+    for text, make in mistakes.items():
+        try:
+            candidate = make()
+        except Exception:  # the mistake cannot even happen on this input
+            continue
+        if candidate is not None and matches(candidate):
+            found.append(text)
+    if not found:
+        return ""
+    return f" It looks like {found[0]}" + (f" (or: {'; or: '.join(found[1:])})" if found[1:] else "") + "."
 
 
 
