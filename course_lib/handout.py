@@ -22,7 +22,7 @@ from pathlib import Path
 
 from course_lib.paths import course_root
 
-LEFT_OUT_DIRS = {"solutions", ".git", ".venv", "venv", "__pycache__", ".ipynb_checkpoints", ".pytest_cache",
+LEFT_OUT_DIRS = {"solutions", "node_modules", ".git", ".venv", "venv", "__pycache__", ".ipynb_checkpoints", ".pytest_cache",
                  ".hypothesis", "build"}
 
 

@@ -897,3 +897,99 @@ def plot_accuracy_bytes(rows: dict[str, tuple[float, float]], title: str = ""):
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+
+
+def plot_operator_counts(counts: dict[str, int], num_layers: int | None = None, title: str = ""):
+    """Chapter 11: how many nodes of each ONNX operator a graph holds (horizontal bars, most
+    first); with ``num_layers`` each bar also says how many that is per layer. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(items) + 0.9))
+    names, values = [k for k, _ in items][::-1], [v for _, v in items][::-1]
+    ax.barh(names, values, color="tab:blue")
+    for y, v in enumerate(values):
+        per = f"  ({v / num_layers:.3g} per layer)" if num_layers else ""
+        ax.text(v, y, f" {v}{per}", va="center", fontsize=7)
+    ax.set_xlim(0, max(values) * 1.45)
+    ax.set_xlabel("nodes in the graph")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+
+
+def plot_gguf_layout(layout: dict, file_size: int, max_tensors: int = 12):
+    """Chapter 11: a GGUF file as a strip of bytes (top: the whole file; bottom: its first
+    ``data_offset`` + a few tensors' bytes): header, metadata, tensor descriptions, the
+    alignment padding, then each tensor's data coloured by its type. ``layout``:
+    ``read_gguf_layout``'s dict. Returns nothing."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    colours = {"header": "0.35", "metadata": "tab:purple", "tensor infos": "tab:cyan", "padding": "0.85",
+               "F32": "tab:orange", "F16": "tab:olive", "Q8_0": "tab:green", "Q4_0": "tab:red"}
+    meta_start = layout["metadata"][0]["offset"] if layout["metadata"] else layout["tensor_infos_offset"]
+    tensors = sorted(layout["tensors"], key=lambda t: t["data_offset"])
+    data = [(t["type"], t["data_offset"], t["data_offset"] + (t["nbytes"] or 0), t["name"]) for t in tensors]
+    spans = [("header", 0, meta_start), ("metadata", meta_start, layout["tensor_infos_offset"]),
+             ("tensor infos", layout["tensor_infos_offset"], layout["header_end"]),
+             ("padding", layout["header_end"], layout["data_offset"])] + [(k, s, e) for k, s, e, _ in data]
+    fig, axes = plt.subplots(2, 1, figsize=(10, 2.8))
+    zoom = data[min(max_tensors, len(data)) - 1][2] if data else layout["data_offset"]
+    for ax, limit in ((axes[0], file_size), (axes[1], zoom)):
+        for kind, start, end in spans:
+            if start >= limit:
+                continue
+            ax.add_patch(Rectangle((start, 0), min(end, limit) - start, 1, facecolor=colours.get(kind, "0.5"),
+                                   edgecolor="white", lw=0.3))
+        ax.set_xlim(0, limit)
+        ax.set_ylim(0, 1)
+        ax.set_yticks([])
+        ax.set_xlabel("byte offset")
+    for kind, start, end, name in data[:max_tensors]:
+        axes[1].text((start + end) / 2, 0.5, name.replace(".weight", ".w").replace(".bias", ".b"), ha="center",
+                     va="center", fontsize=6, rotation=90)
+    axes[0].set_title(f"the whole file: {file_size:,} bytes; tensor data starts at byte {layout['data_offset']:,}",
+                      fontsize=9)
+    axes[1].set_title(f"zoom: the header and the first {min(max_tensors, len(data))} tensors", fontsize=9)
+    handles = [Rectangle((0, 0), 1, 1, facecolor=c) for c in colours.values()]
+    fig.legend(handles, list(colours), loc="lower center", ncol=len(colours), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+
+
+def plot_quant_block(qtype: str, values, codes, scale: float):
+    """Chapter 11: one GGUF block of 32 weights and its bytes. Top: the weights (bars) and the
+    value each one is stored as; bottom: the block's bytes — 2 bytes of float16 scale, then
+    32 int8 (Q8_0) or 16 bytes of two 4-bit codes each (Q4_0: weight j in the low nibble of
+    byte j, weight j + 16 in the high nibble). ``codes``: the stored integers per weight
+    (int8 values for Q8_0, codes 0..15 for Q4_0). Returns nothing."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    values, codes = np.asarray(values, dtype=float), np.asarray(codes, dtype=int)
+    restored = codes * scale if qtype == "Q8_0" else (codes - 8) * scale
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 3.8), gridspec_kw={"height_ratios": [2.2, 1]})
+    top.bar(range(32), values, color="0.7", label="weight")
+    top.plot(range(32), restored, "_", color="tab:red", ms=10, mew=2, label="stored value")
+    top.axhline(0, color="0.5", lw=0.5)
+    top.set_xticks(range(0, 32, 4))
+    top.set_xlabel("weight index in the block")
+    top.legend(fontsize=8)
+    top.set_title(f"{qtype}: 32 weights, scale d = {scale:.4g}", fontsize=10)
+    n_bytes = 34 if qtype == "Q8_0" else 18
+    for b in range(n_bytes):
+        if b < 2:
+            colour, text = "tab:purple", "d" if b == 0 else "d"
+        elif qtype == "Q8_0":
+            colour, text = "tab:green", f"{codes[b - 2]}"
+        else:
+            j = b - 2
+            colour, text = "tab:red", f"{codes[j + 16]:x}|{codes[j]:x}"
+        bottom.add_patch(Rectangle((b, 0), 1, 1, facecolor=colour, alpha=0.35, edgecolor="white"))
+        bottom.text(b + 0.5, 0.5, text, ha="center", va="center", fontsize=6 if qtype == "Q8_0" else 7)
+    bottom.set_xlim(0, n_bytes)
+    bottom.set_ylim(0, 1)
+    bottom.set_yticks([])
+    bottom.set_xticks(range(0, n_bytes + 1, 2))
+    bottom.set_xlabel("byte" + ("" if qtype == "Q8_0" else "  (each Q4_0 byte: high nibble = code j+16 | low nibble = code j, hex)"))
+    fig.tight_layout()

@@ -413,6 +413,11 @@ def test_layout_read_by_hand_agrees_with_gguf_reader(files, qtype):
         assert ours["name"] == theirs.name and ours["ne"] == theirs.shape.tolist()
         assert ours["type"] == theirs.tensor_type.name and ours["data_offset"] == theirs.data_offset
         assert ours["nbytes"] == theirs.n_bytes and ours["data_offset"] % 32 == 0
+    # the sections' borders: metadata ends where the first tensor description (its name's length) starts,
+    # the descriptions end at header_end, and the data starts at header_end rounded up to the alignment
+    first_info = min(t.field.offset for t in reader.tensors)
+    assert layout["tensor_infos_offset"] == first_info
+    assert layout["tensor_infos_offset"] < layout["header_end"] <= layout["data_offset"] < layout["header_end"] + 32
     with open(files[qtype], "rb") as f:  # a tensor's bytes are where the layout says
         t = layout["tensors"][0]
         f.seek(t["data_offset"])

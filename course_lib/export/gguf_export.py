@@ -473,7 +473,9 @@ GGML_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 8: ("Q8_0
 def read_gguf_layout(path: str | os.PathLike) -> dict:
     """Parse a GGUF file's header with ``struct`` alone: where everything is, as the bytes say.
 
-    Returns {"version", "alignment", "data_offset" (where tensor data starts), "metadata":
+    Returns {"version", "alignment", "tensor_infos_offset" (where the metadata ends and the tensor
+    descriptions begin), "header_end" (where they end), "data_offset" (where tensor data starts: header_end
+    rounded up to the alignment), "metadata":
     [{"key", "type", "value", "offset"}], "tensors": [{"name", "ne" (dimensions, innermost
     first), "type", "offset" (from data_offset), "data_offset" (from the file's start),
     "nbytes"}]}. Every number is little-endian; a string is a uint64 length then UTF-8
@@ -518,6 +520,7 @@ def read_gguf_layout(path: str | os.PathLike) -> dict:
             key, vtype = string(), take("<I")
             metadata.append({"key": key, "type": VALUE_TYPES.get(vtype, ("?",))[0], "value": value(vtype),
                              "offset": offset})
+        tensor_infos_offset = f.tell()  # the metadata's end: the tensor descriptions follow
         tensors = []
         for _ in range(n_tensors):
             name = string()
@@ -528,11 +531,12 @@ def read_gguf_layout(path: str | os.PathLike) -> dict:
             tensors.append({"name": name, "ne": ne, "type": tname, "offset": offset,
                             "nbytes": count // per_block * block_bytes if per_block else None})
         alignment = next((m["value"] for m in metadata if m["key"] == "general.alignment"), 32)
-        data_offset = -(-f.tell() // alignment) * alignment  # the tensor infos' end, rounded up to the alignment
+        header_end = f.tell()
+        data_offset = -(-header_end // alignment) * alignment  # the tensor infos' end, rounded up to the alignment
     for t in tensors:
         t["data_offset"] = data_offset + t["offset"]
-    return {"version": version, "alignment": alignment, "data_offset": data_offset, "metadata": metadata,
-            "tensors": tensors}
+    return {"version": version, "alignment": alignment, "tensor_infos_offset": tensor_infos_offset,
+            "header_end": header_end, "data_offset": data_offset, "metadata": metadata, "tensors": tensors}
 
 
 class _StateDictReader:
