@@ -24,6 +24,12 @@ interleaved repeats whose order rotates, medians):
   and for 32 corpus lines (batch 32, padded, up to 128 tokens), hidden states and the
   mean-pooled, normalised sentence embedding each way. max |Δ| of the embeddings printed.
 
+- **llama.cpp**, when llama-cpp-python is installed (an optional extra that compiles from source): the
+  same weights written by ``course_lib.export.to_gguf`` as F32 and Q8_0 files, decoded greedily by
+  llama.cpp; its tokens are compared with the course's (F32: the course's model; Q8_0: the course's
+  reading of the same file) and its tok/s timed against the course's fused PyTorch. Without it the
+  script says so and prints no llama.cpp column.
+
 Ratios are onnxruntime's rate / course_lib fused's: > 1 means onnxruntime is faster.
 Threads: ``--threads``, else what ``course_lib.timing.quiet_threads`` leaves free of other
 programs. ``--quick``: 2 layers for the 124M shape, 8 tokens, 3 repeats — a smoke test.
@@ -111,6 +117,47 @@ def bench_decode(label: str, model, tmp: Path, args, threads: int) -> dict:
             "rates": {k: n / report.median(k) for k in candidates}, "decode_rates": decode}
 
 
+def bench_llama_cpp(label: str, model, tmp: Path, args, threads: int) -> dict | None:
+    """llama.cpp (llama-cpp-python) on the course's own GGUF files of ``model``, F32 and Q8_0, vs the course's
+    fused PyTorch: greedy tokens compared, decode tok/s (whole call) with interleaved repeats. None when absent."""
+    from course_lib.export.gguf_export import LLAMA_CPP_INSTALL, LlamaCpp, llama_cpp_available, to_gguf
+    from course_lib.fused import fuse
+    from course_lib.generation import generate_ids
+    from course_lib.loading import load_model
+    from course_lib.timing import compare_timings
+
+    if not llama_cpp_available():
+        print(f"== llama.cpp: not installed, no llama.cpp column ({LLAMA_CPP_INSTALL})")
+        print()
+        return None
+    prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
+    n = args.tokens
+    fused = fuse(model)
+    ours = generate_ids(fused, prompt, n, eos_token_id=[])[0].tolist()
+    candidates = {"course_lib fused": lambda: generate_ids(fused, prompt, n, eos_token_id=[])}
+    print(f"== llama.cpp: {label}, the course's GGUF files, batch 1, greedy, prompt {args.prompt_len} + {n} new tokens")
+    for qtype in ("F32", "Q8_0"):
+        path = to_gguf(model, tmp / f"{label.split()[0]}-{qtype}.gguf", qtype, tokenizer=False)
+        runner = LlamaCpp(path, threads=threads, n_ctx=args.prompt_len + n + 8)
+        theirs = runner.generate_ids(prompt, n)
+        if qtype == "F32":
+            reference = ours
+        else:  # the course's reading of the same file: Q8_0 weights, float activations
+            reference = generate_ids(fuse(load_model(str(path))), prompt, n, eos_token_id=[])[0].tolist()
+        same = next((i for i, (a, b) in enumerate(zip(theirs, reference)) if a != b), len(reference))
+        agree = "identical" if same == len(reference) else f"equal for the first {same - args.prompt_len} new tokens"
+        print(f"llama.cpp {qtype}: {path.stat().st_size / 1e6:.1f} MB; tokens vs the course's {qtype}: {agree}")
+        candidates[f"llama.cpp {qtype}"] = (lambda r=runner: r.generate_ids(prompt, n))
+    report = compare_timings(candidates, repeats=args.repeats, threads=threads, progress=False)
+    print(report.table(per={name: n for name in candidates}, per_unit="tok/s (whole call)"))
+    ratios = {name: report.ratio(name, "course_lib fused") for name in candidates if name != "course_lib fused"}
+    for name, r in ratios.items():
+        print(f"course_lib fused / {name}: {r:.2f}x   (> 1: the course is faster)")
+    print(report.note())
+    print()
+    return ratios
+
+
 def bench_encoder(tmp: Path, args, threads: int) -> dict:
     from course_lib import encode_batch, load_model, load_tokenizer
     from course_lib.assets import asset_path
@@ -182,12 +229,20 @@ def main() -> None:
         big = GPT2LMHeadModel(GPT2Config(n_layer=layers)).eval()  # random weights, seeded
         label = f"gpt2-124M-shape ({layers} layers, 768 wide, vocabulary 50257, random weights)"
         large = bench_decode(label, big, tmp, args, threads)
+        llama_tiny = bench_llama_cpp("tiny-gpt2", load_model("tiny-gpt2"), tmp, args, threads)
+        llama_large = bench_llama_cpp("gpt2-124M-shape", big, tmp, args, threads) if llama_tiny is not None else None
         del big
         encoder = bench_encoder(tmp, args, threads)
     print("summary (onnxruntime / course_lib fused, > 1: onnxruntime faster):")
     print(f"  decode tiny-gpt2: {tiny['call']:.2f}x whole call, {tiny['decode']:.2f}x decode steps")
     print(f"  decode gpt2 124M shape: {large['call']:.2f}x whole call, {large['decode']:.2f}x decode steps")
     print(f"  MiniLM sentences/s: {encoder[1]:.2f}x batch 1, {encoder[32]:.2f}x batch 32")
+    if llama_tiny is None:
+        print("  llama.cpp: not installed (no column)")
+    else:
+        print("summary (course_lib fused / llama.cpp, decode tok/s, > 1: the course faster):")
+        for label, ratios in (("tiny-gpt2", llama_tiny), ("gpt2 124M shape", llama_large)):
+            print(f"  {label}: " + ", ".join(f"{name.split()[-1]} {r:.2f}x" for name, r in ratios.items()))
 
 
 if __name__ == "__main__":

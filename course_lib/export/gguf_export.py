@@ -627,3 +627,67 @@ def gguf_tokenizer(source):
     if user:
         tok.add_tokens([AddedToken(t, special=False) for _, t in user])
     return tok
+
+
+# --------------------------------------------------------------------------------------
+# llama.cpp itself, when it is installed (an optional extra: it compiles from source)
+
+LLAMA_CPP_INSTALL = ("pip install llama-cpp-python  (optional: it compiles llama.cpp from source, about 15 minutes on "
+                     "2 cores; `pip install -e '.[llama]'` pins the version the course tested)")
+
+
+def llama_cpp_available() -> bool:
+    """Whether ``llama_cpp`` (the llama-cpp-python package) imports here."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class LlamaCpp:
+    """A GGUF file in llama.cpp (through llama-cpp-python): greedy decoding and logits, for comparing with the course.
+
+    ``LlamaCpp(path, threads=1, n_ctx=256)`` loads the file once (so timing leaves loading out).
+    ``generate_ids(prompt_ids, max_new_tokens)`` -> prompt + new ids (a list of ints): greedy
+    (temperature 0: llama.cpp's argmax sampler), no repetition penalty, never stopping at the
+    end token (as ``generate_ids(..., eos_token_id=[])``). ``logits(ids)`` -> (T, vocab) float32
+    numpy: llama.cpp's logits at every position of one sequence. ``stream(token)`` is called
+    per new token. A ``ModuleNotFoundError`` naming the install when llama-cpp-python is absent.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1, n_ctx: int = 256):
+        try:
+            from llama_cpp import Llama
+        except ModuleNotFoundError:
+            raise ModuleNotFoundError(f"llama.cpp's Python binding is not installed: {LLAMA_CPP_INSTALL}") from None
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no GGUF file {path}: write one with course_lib.export.to_gguf(model, path, qtype)")
+        self.path, self.n_ctx = path, n_ctx
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                         logits_all=True, verbose=False, seed=0)
+
+    def _check_length(self, n: int) -> None:
+        if n > self.n_ctx:
+            raise ValueError(f"{n} tokens do not fit llama.cpp's context of {self.n_ctx}: pass n_ctx= to LlamaCpp")
+
+    def generate_ids(self, prompt_ids, max_new_tokens: int, stream=None) -> list[int]:
+        prompt = [int(t) for t in (prompt_ids.reshape(-1).tolist() if hasattr(prompt_ids, "reshape") else prompt_ids)]
+        self._check_length(len(prompt) + max_new_tokens)
+        out = []
+        if max_new_tokens < 1:
+            return prompt
+        for token in self.llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
+                                       reset=True):
+            out.append(int(token))
+            if stream is not None:
+                stream(token)
+            if len(out) == max_new_tokens:
+                break
+        return prompt + out
+
+    def logits(self, ids) -> np.ndarray:
+        ids = [int(t) for t in (ids.reshape(-1).tolist() if hasattr(ids, "reshape") else ids)]
+        self._check_length(len(ids))
+        self.llm.reset()
+        self.llm.eval(ids)
+        return np.array(self.llm.scores[:len(ids)], dtype=np.float32)
