@@ -120,6 +120,7 @@ def bench_decode(label: str, model, tmp: Path, args, threads: int) -> dict:
 def bench_llama_cpp(label: str, model, tmp: Path, args, threads: int) -> dict | None:
     """llama.cpp (llama-cpp-python) on the course's own GGUF files of ``model``, F32 and Q8_0, vs the course's
     fused PyTorch: greedy tokens compared, decode tok/s (whole call) with interleaved repeats. None when absent."""
+    from course_lib.assets import asset_path
     from course_lib.export.gguf_export import LLAMA_CPP_INSTALL, LlamaCpp, llama_cpp_available, to_gguf
     from course_lib.fused import fuse
     from course_lib.generation import generate_ids
@@ -137,7 +138,8 @@ def bench_llama_cpp(label: str, model, tmp: Path, args, threads: int) -> dict | 
     candidates = {"course_lib fused": lambda: generate_ids(fused, prompt, n, eos_token_id=[])}
     print(f"== llama.cpp: {label}, the course's GGUF files, batch 1, greedy, prompt {args.prompt_len} + {n} new tokens")
     for qtype in ("F32", "Q8_0"):
-        path = to_gguf(model, tmp / f"{label.split()[0]}-{qtype}.gguf", qtype, tokenizer=False)
+        # llama.cpp needs a vocabulary in the file: the tiny GPT-2's (a larger embedding gets [PAD<id>] entries)
+        path = to_gguf(model, tmp / f"{label.split()[0]}-{qtype}.gguf", qtype, tokenizer=asset_path("tiny-gpt2"))
         runner = LlamaCpp(path, threads=threads, n_ctx=args.prompt_len + n + 8)
         theirs = runner.generate_ids(prompt, n)
         if qtype == "F32":

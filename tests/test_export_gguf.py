@@ -322,7 +322,9 @@ def test_metadata_as_llama_cpp_reads_it(files, tiny, tok):
     assert meta[K.LLM.FEED_FORWARD_LENGTH.format(arch=arch)] == config.inner_dim
     assert meta[K.Attention.HEAD_COUNT.format(arch=arch)] == config.n_head
     assert meta[K.Attention.LAYERNORM_EPS.format(arch=arch)] == pytest.approx(config.layer_norm_epsilon, rel=1e-6)
-    assert meta[K.Tokenizer.MODEL] == "gpt2" and meta[K.Tokenizer.PRE] == "gpt2"
+    # "gpt-2": the name llama.cpp's vocabulary loader knows for GPT-2's regex (llama-vocab.cpp; convert_hf_to_gguf.py
+    # writes it for gpt2); an unknown name such as "gpt2" makes llama.cpp refuse the file
+    assert meta[K.Tokenizer.MODEL] == "gpt2" and meta[K.Tokenizer.PRE] == "gpt-2"
     spec = json.loads((asset_path("tiny-gpt2") / "tokenizer.json").read_text())
     vocab = spec["model"]["vocab"]
     tokens = meta[K.Tokenizer.LIST]

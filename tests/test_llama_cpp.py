@@ -76,6 +76,12 @@ def test_q8_0_logits_within_the_formats_error(files, tok):
     assert (theirs.argmax(-1) == ours.argmax(-1)).mean() >= 0.9
 
 
-def test_errors(tmp_path):
+def test_errors(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="to_gguf"):
         LlamaCpp(tmp_path / "missing.gguf")
+    bare = to_gguf(tiny, tmp_path / "bare.gguf", "F32", tokenizer=False)
+    with pytest.raises(ValueError, match="tokenizer="):
+        LlamaCpp(bare)
+    runner = LlamaCpp(to_gguf(tiny, tmp_path / "t.gguf", "F32", tokenizer=asset_path("tiny-gpt2")), n_ctx=16)
+    with pytest.raises(ValueError, match="n_ctx"):
+        runner.generate_ids([1, 2, 3], 20)

@@ -299,7 +299,7 @@ def to_gguf(model, path: str | os.PathLike, qtype: str = "F32", *, tokenizer=Non
             writer.add_layer_norm_eps(config.layer_norm_epsilon)
             if vocab is not None:
                 writer.add_tokenizer_model("gpt2")
-                writer.add_tokenizer_pre("gpt2")  # GPT-2's pre-tokenizer regex
+                writer.add_tokenizer_pre("gpt-2")  # llama.cpp's name for GPT-2's pre-tokenizer regex (llama-vocab.cpp)
                 writer.add_token_list(vocab["tokens"])
                 writer.add_token_types(vocab["token_types"])
                 writer.add_token_merges(vocab["merges"])
@@ -662,6 +662,9 @@ class LlamaCpp:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no GGUF file {path}: write one with course_lib.export.to_gguf(model, path, qtype)")
+        if not any(m["key"] == "tokenizer.ggml.model" for m in read_gguf_layout(path)["metadata"]):
+            raise ValueError(f"{path} holds no tokenizer, and llama.cpp refuses a model without a vocabulary: write it "
+                             f"with to_gguf(..., tokenizer=<the model's folder or tokenizer.json>)")
         self.path, self.n_ctx = path, n_ctx
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                          logits_all=True, verbose=False, seed=0)
