@@ -52,7 +52,8 @@ BIN_FILES = [BIN_NAME, BIN_INDEX, "pytorch_model-*-of-*.bin"]
 # Prefixes a bare model's keys carry inside a task model's checkpoint.
 KNOWN_PREFIXES = ("bert", "roberta", "transformer", "model")
 # Buffers some files contain that are not parameters of the model: recomputed, never loaded.
-IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids", "attn.bias", "attn.masked_bias")
+IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids", "attn.bias", "attn.masked_bias",
+                   "rotary_emb.inv_freq")  # older Llama files (Llama-2 .bin) save RoPE's frequencies, which we compute
 
 _REDOWNLOAD = ("download it again (Hub: `hf download MODEL --force-download`, or delete the model's folder "
                "under $HF_HOME/hub) or copy it again")

@@ -9,7 +9,9 @@ feed-forward part of ``nn.TransformerEncoderLayer``); ``tests/test_layers.py`` c
 each against it, values and gradients. The later chapters build BERT/RoBERTa and GPT-2
 from these functions and modules, and chapter 08 trains them, so everything here works
 with autograd and on any device and dtype of its input. At the end, two pieces of newer
-models (RMSNorm, ALiBi), the references of chapter 02's stretch exercises.
+models (RMSNorm, ALiBi), the references of chapter 02's stretch exercises, and the
+primitives chapter 09's Llama-family decoder adds (SiLU, SwiGLU, ``repeat_kv`` for
+grouped-query attention, the sliding-window mask).
 
 Shape letters: B batch, T sequence length (Tq queries, Tk keys), H heads, D head size,
 C = H * D model width.
@@ -34,6 +36,7 @@ __all__ = [
     "split_heads", "merge_heads", "MultiHeadSelfAttention",
     "FeedForward",
     "rms_norm", "RMSNorm", "alibi_slopes", "alibi_bias",
+    "silu", "swiglu", "repeat_kv", "sliding_window_mask",
 ]
 
 
@@ -509,3 +512,69 @@ def alibi_bias(n_heads: int, t_query: int, t_key: int | None = None, device=None
     key_pos = torch.arange(t_key, device=device)[None, :]  # (1, Tk)
     offset = (key_pos - query_pos).to(torch.float32)  # (Tq, Tk): 0 at the query itself, -1 one step back, ...
     return alibi_slopes(n_heads).to(device)[:, None, None] * offset  # (H, Tq, Tk)
+
+
+# --------------------------------------------------------------------------------------
+# Chapter 09: the primitives of today's decoders (Llama, Mistral, Qwen)
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU ("swish"), ``x * sigmoid(x) = x / (1 + exp(-x))`` elementwise, like ``F.silu``.
+
+    Smooth like GELU, and the gate of SwiGLU. For very negative x, ``exp(-x)`` overflows to
+    inf and the result is -0.0, the right limit.
+    """
+    return x / (1.0 + torch.exp(-x))
+
+
+def swiglu(x: torch.Tensor, gate_weight: torch.Tensor, up_weight: torch.Tensor, down_weight: torch.Tensor,
+           gate_bias: torch.Tensor | None = None, up_bias: torch.Tensor | None = None,
+           down_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The SwiGLU feed-forward of Llama/Mistral/Qwen: ``down(silu(gate(x)) * up(x))``.
+
+    x (..., C); ``gate_weight`` and ``up_weight`` (F, C), ``down_weight`` (C, F), F the
+    ``intermediate_size``; biases (F,), (F,), (C,) or None -> (..., C). Two projections go
+    up instead of GPT-2's one: ``silu(gate)`` decides, feature by feature, how much of ``up``
+    passes (a gated linear unit, Shazeer 2020). Three matrices of C x F, so models take F
+    about 8/3 C (not 4C) to keep GPT-2's parameter count.
+    """
+    h = silu(linear(x, gate_weight, gate_bias)) * linear(x, up_weight, up_bias)  # (..., F)
+    return linear(h, down_weight, down_bias)  # (..., C)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """Grouped-query attention: (B, KV, T, D) -> (B, KV * n_rep, T, D), each KV head repeated n_rep times.
+
+    Query heads ``g * n_rep .. g * n_rep + n_rep - 1`` share KV head ``g`` (the order of
+    ``transformers``' ``repeat_kv`` and Meta's code). ``expand`` makes the copies without
+    memory; the ``reshape`` then materialises them for the matrix product. The KV cache
+    keeps only the KV heads: that is where the memory is saved.
+    """
+    if n_rep < 1:
+        raise ValueError(f"n_rep must be at least 1, got {n_rep}")
+    if x.dim() != 4:
+        raise ValueError(f"repeat_kv takes (batch, kv_heads, tokens, head_dim), got shape {tuple(x.shape)}")
+    if n_rep == 1:
+        return x
+    B, KV, T, D = x.shape
+    return x[:, :, None].expand(B, KV, n_rep, T, D).reshape(B, KV * n_rep, T, D)
+
+
+def sliding_window_mask(t_query: int, t_key: int | None = None, window: int | None = None,
+                        device=None) -> torch.Tensor:
+    """Causal mask that also hides keys ``window`` or more positions back: bool (Tq, Tk), True = may attend.
+
+    Query i sits at absolute position ``p = i + Tk - Tq`` (as in ``causal_mask``); key j is
+    allowed iff ``p - window < j <= p``: each token sees itself and the ``window - 1``
+    tokens before it (Mistral's ``sliding_window``; ``transformers``' rule
+    ``kv_idx > q_idx - sliding_window``). Information from further back still arrives,
+    through the layers: layer l reaches about l * window tokens. ``window=None``: plain causal.
+    """
+    mask = causal_mask(t_query, t_key, device=device)  # (Tq, Tk)
+    if window is None:
+        return mask
+    if window < 1:
+        raise ValueError(f"sliding window must be at least 1 token, got {window}")
+    t_key = mask.size(1)
+    i = torch.arange(t_query, device=device).unsqueeze(1) + (t_key - t_query)  # (Tq, 1) absolute positions
+    j = torch.arange(t_key, device=device).unsqueeze(0)  # (1, Tk)
+    return mask & (j > i - window)  # (Tq, Tk)

@@ -70,6 +70,11 @@ DEFAULT_TARGET_MODULES = {
     "roberta": ("query", "value"),
     "xlm-roberta": ("query", "value"),
     "gpt2": ("c_attn",),
+    # PEFT's defaults for the Llama family (chapter 09): the query and value projections
+    "llama": ("q_proj", "v_proj"),
+    "mistral": ("q_proj", "v_proj"),
+    "qwen2": ("q_proj", "v_proj"),
+    "qwen3": ("q_proj", "v_proj"),
 }
 
 # PEFT trains (and saves) these heads with the adapter of a classification model (task_type

@@ -50,6 +50,10 @@ ASSETS: dict[str, Asset] = {asset.name: asset for asset in (
     ),
     _shipped("python-docs", "the course corpus: Python documentation topics, PSF License (466 KB)",
              ("train.txt", "heldout.txt", "LICENSE.txt", "README.md")),
+    _shipped("python-stdlib", "chapter 09's larger corpus: the Python documentation topics plus the standard "
+                              "library's docstrings and comments, split by module family, PSF License (1.1 MB gzip)",
+             ("train.txt.gz", "heldout.txt.gz", "manifest.json", "LICENSE.txt", "README.md"),
+             install=f"{_REINSTALL}, or rebuild it with Python 3.11.7: python -m course_lib.corpus --stdlib"),
     _shipped("tiny-gpt2", "the course's own tiny GPT-2 (1.35M parameters, 6.5 MB) and its 4096-token byte-level "
                           "BPE, trained on the course corpus by `python -m course_lib.train_tiny`, in the Hub's gpt2 "
                           "layout",

@@ -4,7 +4,8 @@
 
 - ``"base"``: the bare model, hidden states (B, T, C);
 - ``"masked-lm"``: encoder + masked-LM head, logits (B, T, V);
-- ``"causal-lm"``: decoder + LM head, logits (B, T, V) (GPT-2, chapter 06);
+- ``"causal-lm"``: decoder + LM head, logits (B, T, V) (GPT-2, chapter 06; Llama, Mistral,
+  Qwen2 and Qwen3, chapter 09: one model file, ``course_lib.models.llama``);
 - ``"sequence-classification"``: encoder + classifier on the first token, logits (B, num_labels);
 - ``"token-classification"``: encoder + classifier on every token, logits (B, T, num_labels)
   (chapter 08; ``num_labels`` and ``id2label`` come from config.json);
@@ -20,6 +21,7 @@ from course_lib.models.encoder import (BertForMaskedLM, BertForSequenceClassific
                                        RobertaForSequenceClassification, RobertaForTokenClassification,
                                        RobertaModel)
 from course_lib.models.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
+from course_lib.models.llama import LLAMA_FAMILY, LlamaConfig, LlamaForCausalLM, LlamaModel
 from course_lib.models.resnet import ResNetConfig, ResNetForImageClassification, ResNetModel
 from course_lib.models.vit import ViTConfig, ViTForImageClassification, ViTModel
 
@@ -40,6 +42,9 @@ ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict[str, type[CourseMode
     # XLM-RoBERTa is RoBERTa with a larger (SentencePiece) vocabulary: the same code path
     "xlm-roberta": (EncoderConfig, _ROBERTA, "base"),
     "gpt2": (GPT2Config, {"base": GPT2Model, "causal-lm": GPT2LMHeadModel}, "causal-lm"),
+    # chapter 09: one model file for the four layouts; config.json's fields say what differs
+    **{model_type: (LlamaConfig, {"base": LlamaModel, "causal-lm": LlamaForCausalLM}, "causal-lm")
+       for model_type in LLAMA_FAMILY},
     "vit": (ViTConfig, {"base": ViTModel, "image-classification": ViTForImageClassification}, "image-classification"),
     "resnet": (ResNetConfig, {"base": ResNetModel, "image-classification": ResNetForImageClassification},
                "image-classification"),
@@ -100,5 +105,6 @@ __all__ = ["ARCHITECTURES", "TASKS", "CLASSIFICATION_TASKS", "CourseModel", "Pre
            "architecture", "config_from_dict", "model_class", "task_of_architecture", "BertModel", "BertForMaskedLM",
            "BertForSequenceClassification", "BertForTokenClassification", "RobertaModel", "RobertaForMaskedLM",
            "RobertaForSequenceClassification", "RobertaForTokenClassification", "GPT2Config", "GPT2Model",
-           "GPT2LMHeadModel", "ViTConfig", "ViTModel", "ViTForImageClassification",
+           "GPT2LMHeadModel", "LlamaConfig", "LlamaModel", "LlamaForCausalLM", "ViTConfig", "ViTModel",
+           "ViTForImageClassification",
            "ResNetConfig", "ResNetModel", "ResNetForImageClassification"]

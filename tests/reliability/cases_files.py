@@ -335,7 +335,7 @@ def folder_without_config(tmp_path: Path):
 
 
 def unknown_model_type(tmp_path: Path):
-    load(with_config(saved(tiny_bert(), tmp_path / "model"), model_type="llama"))
+    load(with_config(saved(tiny_bert(), tmp_path / "model"), model_type="t5"))
 
 
 def encoder_loaded_as_masked_lm(tmp_path: Path):
@@ -470,7 +470,7 @@ CASES = [
     Case("files-no-config", AREA, folder_without_config, _ckpt.CheckpointError,
          ("has no config.json", "hf download MODEL config.json")),
     Case("files-unknown-model-type", AREA, unknown_model_type, ValueError,
-         ("config.json", "model_type 'llama'", "supported: bert")),
+         ("config.json", "model_type 't5'", "supported: bert")),
     Case("files-keys-do-not-fit", AREA, encoder_loaded_as_masked_lm, _ckpt.StateDictMismatchError,
          ("missing from the checkpoint", "cls.predictions.bias", "task='base'", "strict=False"),
          problem="weights that do not fit the model: missing, unexpected or wrongly shaped keys",
