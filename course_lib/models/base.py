@@ -385,3 +385,24 @@ class CourseModel(nn.Module):
         from course_lib.surgery import prune_heads
 
         prune_heads(self, heads_to_prune)
+
+
+class CausalLMGeneration:
+    """``model.generate(...)`` for the course's causal language models (GPT-2, the Llama family).
+
+    One decoding loop serves them all: ``course_lib.generation.generate_ids`` (greedy or sampled,
+    KV cache, left-padded batches, stop tokens, streaming). A model class that mixes this in needs
+    ``forward(input_ids, attention_mask, position_ids, kv_cache, last_only)`` and a ``config``.
+    """
+
+    def generate(self, input_ids, max_new_tokens: int = 20, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 eos_token_id: int | None = None, attention_mask=None,
+                 use_cache: bool = True, stream=None, *, min_p: float | None = None,
+                 repetition_penalty: float | None = None):
+        """(B, T) prompt ids -> (B, T + new) ids; see ``course_lib.generation.generate_ids``."""
+        from course_lib.generation import generate_ids
+
+        return generate_ids(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            seed=seed, eos_token_id=eos_token_id, attention_mask=attention_mask,
+                            use_cache=use_cache, stream=stream, min_p=min_p, repetition_penalty=repetition_penalty)

@@ -39,7 +39,7 @@ from torch import nn
 
 from course_lib.layers import (Dropout, Embedding, LayerNorm, Linear, activation, causal_mask, merge_heads,
                                padding_mask, scaled_dot_product_attention, split_heads)
-from course_lib.models.base import CourseModel, PretrainedConfig
+from course_lib.models.base import CausalLMGeneration, CourseModel, PretrainedConfig
 from course_lib.models.encoder import check_attention_mask, check_input_ids, check_position_ids
 
 __all__ = ["GPT2Config", "GPT2Attention", "PrunedGPT2Attention", "GPT2MLP", "GPT2Block", "GPT2Model",
@@ -280,7 +280,7 @@ class GPT2Model(CourseModel):
             check_position_ids(position_ids, input_ids, self.config.n_positions, check_values=values)
 
 
-class GPT2LMHeadModel(CourseModel):
+class GPT2LMHeadModel(CausalLMGeneration, CourseModel):
     """token ids (B, T) -> next-token logits (B, T, V); ``lm_head`` is tied to ``transformer.wte``."""
 
     base_model_prefix = "transformer"
@@ -304,15 +304,3 @@ class GPT2LMHeadModel(CourseModel):
         if last_only:
             hidden = hidden[:, -1:]  # (B, 1, C)
         return self.lm_head(hidden)  # (B, T, V)
-
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 eos_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
-                 use_cache: bool = True, stream=None, *, min_p: float | None = None,
-                 repetition_penalty: float | None = None) -> torch.Tensor:
-        """(B, T) prompt ids -> (B, T + new) ids; see ``course_lib.generation.generate_ids``."""
-        from course_lib.generation import generate_ids
-
-        return generate_ids(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            seed=seed, eos_token_id=eos_token_id, attention_mask=attention_mask,
-                            use_cache=use_cache, stream=stream, min_p=min_p, repetition_penalty=repetition_penalty)

@@ -40,7 +40,7 @@ from torch import nn
 
 from course_lib.layers import (Embedding, Linear, RMSNorm, merge_heads, padding_mask, repeat_kv,
                                scaled_dot_product_attention, silu, sliding_window_mask, split_heads)
-from course_lib.models.base import CourseModel, PretrainedConfig
+from course_lib.models.base import CausalLMGeneration, CourseModel, PretrainedConfig
 from course_lib.models.encoder import check_attention_mask, check_input_ids, check_position_ids
 from course_lib.models.gpt2 import gpt2_position_ids
 from course_lib.rope import RotaryEmbedding, apply_rope, check_rope_scaling
@@ -382,7 +382,7 @@ class LlamaModel(_LlamaFamilyModel):
             check_position_ids(position_ids, input_ids, self.config.max_position_embeddings, check_values=values)
 
 
-class LlamaForCausalLM(_LlamaFamilyModel):
+class LlamaForCausalLM(CausalLMGeneration, _LlamaFamilyModel):
     """token ids (B, T) -> next-token logits (B, T, V); ``lm_head`` is tied to ``model.embed_tokens`` when
     config.json says ``tie_word_embeddings``."""
 
@@ -403,18 +403,6 @@ class LlamaForCausalLM(_LlamaFamilyModel):
         if last_only:
             hidden = hidden[:, -1:]  # (B, 1, C)
         return self.lm_head(hidden)  # (B, T, V)
-
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 eos_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
-                 use_cache: bool = True, stream=None, *, min_p: float | None = None,
-                 repetition_penalty: float | None = None) -> torch.Tensor:
-        """(B, T) prompt ids -> (B, T + new) ids; the same loop as GPT-2 (``course_lib.generation.generate_ids``)."""
-        from course_lib.generation import generate_ids
-
-        return generate_ids(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            seed=seed, eos_token_id=eos_token_id, attention_mask=attention_mask,
-                            use_cache=use_cache, stream=stream, min_p=min_p, repetition_penalty=repetition_penalty)
 
 
 @torch.no_grad()
