@@ -31,6 +31,7 @@ REQUIRED = {
     "tqdm": "progress bars",
     "ipywidgets": "progress bars in notebooks",
     "pillow": "decoding images (chapter 10)",
+    "jinja2": "chat templates of instruct models (chapter 09)",
 }
 LAB = {"jupyterlab": "the notebook app", "ipykernel": "the Python kernel for notebooks",
        "scikit-image": "the photos chapter 10 reads (and the image-preprocessing tests)"}

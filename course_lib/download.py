@@ -2,7 +2,8 @@
 
     python -m course_lib.download MODEL [MODEL ...] [--all] [--to DIR] [--revision REV]
 
-Online, on one machine (the instructor's): downloads each model's config, tokenizer (or an image
+Online, on one machine (the instructor's): downloads each model's config and generation config, tokenizer
+(with an instruct model's chat template, ``chat_template.jinja`` where the repository has one; or an image
 model's ``preprocessor_config.json``) and weights (safetensors, or ``pytorch_model.bin`` for
 repositories that have no safetensors) into ``DIR/hub`` in the Hugging Face cache layout, with progress bars. Copy ``DIR`` to
 each laptop (USB stick, shared drive) and set ``HF_HOME=DIR`` there: ``load_model`` and
@@ -27,9 +28,14 @@ from pathlib import Path
 from course_lib import hub
 
 # The models the course's notebooks can use online (chapters 04-10; microsoft/resnet-50: chapter 10's
-# classify_image, with its preprocessor_config.json).
+# classify_image, with its preprocessor_config.json; the SmolLM2 and Qwen2.5 pairs: chapter 09's modern
+# decoders, a base model for plain text and its -Instruct model with a chat template). Those four publish
+# bfloat16 weights: SmolLM2-135M(-Instruct) 269 MB each (135M parameters x 2 bytes), Qwen2.5-0.5B(-Instruct)
+# 988 MB each (494M x 2), so they add about 2.5 GB to --all.
 COURSE_MODELS = ["gpt2", "distilgpt2", "roberta-base", "distilroberta-base", "bert-base-uncased",
-                 "sentence-transformers/all-MiniLM-L6-v2", "microsoft/resnet-50"]
+                 "sentence-transformers/all-MiniLM-L6-v2", "microsoft/resnet-50",
+                 "HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                 "Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct"]
 
 
 class NeedsNetworkError(hub.HubError):

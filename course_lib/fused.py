@@ -63,6 +63,18 @@ class FusedLayerNorm(layers.LayerNorm):
         return F.layer_norm(x, (self.normalized_shape,), self.weight, self.bias, self.eps)
 
 
+class FusedRMSNorm(layers.RMSNorm):
+    """``layers.RMSNorm`` computed by ``F.rms_norm`` (one pass instead of square, mean, root, divide, scale).
+
+    Half-precision inputs are normalised in float32 and cast back, as the reference does.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+        return F.rms_norm(h, (self.normalized_shape,), self.weight, self.eps).to(dtype)
+
+
 class FusedEmbedding(layers.Embedding):
     """``layers.Embedding`` computed by ``F.embedding``."""
 
@@ -84,11 +96,12 @@ def fused_attention(q, k, v, mask=None, dropout_p: float = 0.0, training: bool =
 
 
 FUSED_CLASSES: dict[type, type] = {layers.Linear: FusedLinear, layers.LayerNorm: FusedLayerNorm,
-                                   layers.Embedding: FusedEmbedding}
+                                   layers.RMSNorm: FusedRMSNorm, layers.Embedding: FusedEmbedding}
 FUSED_FUNCTIONS = {
     layers.gelu: F.gelu,
     layers.gelu_tanh: functools.partial(F.gelu, approximate="tanh"),
     layers.relu: F.relu,
+    layers.silu: F.silu,
     layers.scaled_dot_product_attention: fused_attention,
 }
 

@@ -22,8 +22,10 @@ from pathlib import Path
 
 # What a model folder needs, as patterns for `snapshot_download(allow_patterns=...)`.
 CONFIG_FILES = ["config.json", "generation_config.json"]
+# chat_template.jinja / .json: newer repositories keep an instruct model's chat template there instead of in
+# tokenizer_config.json (course_lib.chat_template). Patterns that match nothing are simply skipped.
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.txt", "vocab.json", "merges.txt"]
+                   "vocab.txt", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json"]
 # Only the safetensors weights by default: many repos ship the same weights in several
 # formats (gpt2: safetensors, .bin, TF, Flax, ONNX...) and downloading all of them wastes
 # gigabytes. The weights loader asks for other formats itself.
@@ -117,6 +119,25 @@ def resolve_source(src: str | os.PathLike, revision: str | None = None,
         except FileNotFoundError:
             pass  # asset not installed: fall through to the Hub
     return fetch_snapshot(src, revision, patterns, cache_dir, local_files_only=is_offline())
+
+
+def cached_snapshot(repo_id: str, revision: str | None = None,
+                    required: tuple[str | tuple[str, ...], ...] = ("config.json",)) -> Path | None:
+    """The folder of ``repo_id`` in the Hub cache if it holds every file in ``required``, else None.
+
+    Never touches the network: for notebook cells that run a Hub model only when its files are
+    already here (``python -m course_lib.download MODEL`` put them there), and print that command
+    otherwise. A name in ``required`` may be a tuple of alternatives: ``("model.safetensors",
+    "model.safetensors.index.json")``.
+    """
+    try:
+        folder = fetch_snapshot(repo_id, revision, DEFAULT_FILES, hub_cache_dir(), local_files_only=True)
+    except HubError:
+        return None
+    for names in required:
+        if not any((folder / name).is_file() for name in ((names,) if isinstance(names, str) else names)):
+            return None
+    return folder
 
 
 def _broken_link(path: Path) -> str:

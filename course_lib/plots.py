@@ -993,3 +993,147 @@ def plot_quant_block(qtype: str, values, codes, scale: float):
     bottom.set_xticks(range(0, n_bytes + 1, 2))
     bottom.set_xlabel("byte" + ("" if qtype == "Q8_0" else "  (each Q4_0 byte: high nibble = code j+16 | low nibble = code j, hex)"))
     fig.tight_layout()
+
+
+# --- chapter 09
+
+
+def plot_rope_rotations(inv_freq, positions: Sequence[int] = tuple(range(8)), pairs: Sequence[int] = (0, 1, 3),
+                        vector=(1.0, 0.0)):
+    """Chapter 09: RoPE as rotations. One panel per feature pair i: the same 2-D vector rotated by
+    position x ``inv_freq[i]`` radians for each position (darker = later), on the unit circle.
+    Fast pairs (i = 0) turn a lot per token, slow ones barely move. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    inv_freq = np.asarray(inv_freq, dtype=float)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.0 * len(pairs), 3.1))
+    colors = plt.cm.viridis(np.linspace(0.0, 0.9, len(positions)))
+    for ax, i in zip(np.atleast_1d(axes), pairs):
+        theta = inv_freq[i]
+        circle = np.linspace(0, 2 * np.pi, 200)
+        ax.plot(np.cos(circle), np.sin(circle), color="#dddddd", linewidth=1)
+        for m, color in zip(positions, colors):
+            a = m * theta
+            x = vector[0] * np.cos(a) - vector[1] * np.sin(a)
+            y = vector[0] * np.sin(a) + vector[1] * np.cos(a)
+            ax.annotate("", xy=(x, y), xytext=(0, 0), arrowprops={"arrowstyle": "->", "color": color, "lw": 1.6})
+            ax.text(1.13 * x, 1.13 * y, str(m), ha="center", va="center", fontsize=7, color=color)
+        ax.set_xlim(-1.3, 1.3)
+        ax.set_ylim(-1.3, 1.3)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"pair {i}: {theta:.3g} rad per token", fontsize=9)
+    fig.suptitle("one (x, y) feature pair of q or k at positions " + ", ".join(map(str, positions)), fontsize=10)
+    fig.tight_layout()
+
+
+def plot_rope_frequencies(curves: dict[str, Sequence[float]], context: int | None = None):
+    """Chapter 09: RoPE's frequencies (radians per token) of each feature pair, log scale, one line
+    per ``{label: inv_freq}``; with ``context``, the frequency below which a pair turns less than
+    one full circle over that many tokens is marked. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    for label, values in curves.items():
+        values = np.asarray(values, dtype=float)
+        ax.plot(np.arange(len(values)), values, marker=".", markersize=3, label=label)
+    if context:
+        ax.axhline(2 * np.pi / context, color="grey", linestyle="--", linewidth=1)
+        ax.text(0, 2 * np.pi / context * 1.3, f"one full turn over {context:,} tokens", fontsize=8, color="grey")
+    ax.set_yscale("log")
+    ax.set_xlabel("feature pair i")
+    ax.set_ylabel("radians per token")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+
+
+def plot_swiglu_gate(x_min: float = -5.0, x_max: float = 5.0):
+    """Chapter 09: the gate. Left: SiLU x·σ(x) beside GELU and ReLU; right: σ(x), the share of each
+    value a SiLU lets through. Returns nothing."""
+    import matplotlib.pyplot as plt
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.linspace(x_min, x_max, 400)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.0))
+    left.plot(x, F.silu(x), label="SiLU  x·σ(x)", linewidth=2)
+    left.plot(x, F.gelu(x), label="GELU (GPT-2)", linestyle="--")
+    left.plot(x, F.relu(x), label="ReLU", linestyle=":")
+    left.axhline(0, color="#cccccc", linewidth=0.8)
+    left.set_title("the activation", fontsize=10)
+    left.legend(fontsize=8)
+    right.plot(x, torch.sigmoid(x), color="tab:green", linewidth=2)
+    right.set_ylim(-0.05, 1.05)
+    right.set_title("σ(x): how much of x passes", fontsize=10)
+    for ax in (left, right):
+        ax.set_xlabel("x")
+    fig.tight_layout()
+
+
+def plot_gqa_heads(num_heads: int, num_kv_heads: int):
+    """Chapter 09: which key/value head each query head reads. Multi-head attention (one K/V head per
+    query head), grouped-query attention (``num_heads // num_kv_heads`` query heads per K/V head) and
+    multi-query attention (one K/V head for all). Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    layouts = [("multi-head (GPT-2)", num_heads), (f"grouped-query ({num_kv_heads} K/V heads)", num_kv_heads),
+               ("multi-query (1 K/V head)", 1)]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 2.6))
+    colors = plt.cm.tab10(np.arange(10))
+    for ax, (title, kv) in zip(axes, layouts):
+        group = num_heads // kv
+        for h in range(num_heads):
+            g = h // group
+            ax.add_patch(plt.Rectangle((h, 1.6), 0.8, 0.6, color=colors[g % 10], alpha=0.85))
+            ax.plot([h + 0.4, (g + 0.5) * num_heads / kv - 0.1], [1.6, 0.7], color=colors[g % 10], linewidth=1)
+        for g in range(kv):
+            x = (g + 0.5) * num_heads / kv - 0.5
+            ax.add_patch(plt.Rectangle((x, 0.1), 0.8, 0.6, color=colors[g % 10], hatch="//", alpha=0.85))
+        ax.text(-0.6, 1.9, "q", ha="right", va="center", fontsize=9)
+        ax.text(-0.6, 0.4, "k, v", ha="right", va="center", fontsize=9)
+        ax.set_xlim(-1.6, num_heads + 0.2)
+        ax.set_ylim(0, 2.4)
+        ax.axis("off")
+        ax.set_title(f"{title}\nthe cache keeps {kv} K/V head{'s' if kv > 1 else ''} for {num_heads} query heads", fontsize=9)
+    fig.tight_layout()
+
+
+def plot_kv_cache_vs_heads(kv_heads: Sequence[int], megabytes: Sequence[float], context: int, title: str = "",
+                           marked: int | None = None):
+    """Chapter 09: KV-cache size of one sequence of ``context`` tokens against the number of K/V heads
+    (bars, MB); ``marked`` highlights the checkpoint's own choice. Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.0))
+    names = [str(k) for k in kv_heads]
+    colors = ["tab:orange" if k == marked else "tab:blue" for k in kv_heads]
+    bars = ax.bar(names, megabytes, color=colors)
+    for bar, mb in zip(bars, megabytes):
+        ax.text(bar.get_x() + bar.get_width() / 2, mb, f"{mb:,.0f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xlabel("K/V heads (num_key_value_heads)")
+    ax.set_ylabel(f"MB for {context:,} tokens")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+
+
+def plot_loss_curves(runs: dict[str, dict], title: str = ""):
+    """Chapter 09: training and held-out loss of several runs on one axis, ``{label: training_log["log"]}``
+    (train loss smoothed over 20 steps, thin; held-out loss, thick with markers). Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    for i, (label, log) in enumerate(runs.items()):
+        color = plt.cm.tab10(i)
+        train = np.asarray(log["train_loss"], dtype=float)
+        k = min(20, len(train))
+        smooth = np.convolve(train, np.ones(k) / k, mode="valid")
+        ax.plot(np.asarray(log["step"])[k - 1:], smooth, color=color, alpha=0.45, linewidth=1,
+                label=f"{label}: train (mean of {k} steps)")
+        ax.plot(log["eval_step"], log["heldout_loss"], color=color, marker="o", markersize=3, linewidth=2,
+                label=f"{label}: held-out")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()

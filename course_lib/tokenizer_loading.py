@@ -54,6 +54,8 @@ def load_tokenizer(src: str | os.PathLike, revision: str | None = None):
 
     Uses ``tokenizer.json`` when the folder has one, else builds the same pipeline from
     ``vocab.txt`` or ``vocab.json`` + ``merges.txt`` (see ``build_tokenizer``).
+    The tokenizer remembers its folder as ``tok.source_folder``: ``course_lib.chat_template``
+    finds the chat template and the special tokens' roles (tokenizer_config.json) there.
     """
     from tokenizers import Tokenizer
 
@@ -61,11 +63,14 @@ def load_tokenizer(src: str | os.PathLike, revision: str | None = None):
     path = folder / "tokenizer.json"
     if path.exists():
         try:
-            return Tokenizer.from_file(str(path))
+            tok = Tokenizer.from_file(str(path))
         except Exception as err:  # the Rust side raises a bare Exception
             raise ValueError(f"{path} is not a valid tokenizer.json ({err}): download it again, or delete it "
                              f"to rebuild the tokenizer from the vocabulary files") from err
-    return build_tokenizer(folder)
+    else:
+        tok = build_tokenizer(folder)
+    tok.source_folder = Path(folder)
+    return tok
 
 
 def save_tokenizer_json(tok, folder: str | os.PathLike) -> Path:

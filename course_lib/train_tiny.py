@@ -1,20 +1,27 @@
-"""How the course's tiny GPT-2 was trained: a tokenizer and a small GPT-2 from nothing, on a laptop CPU.
+"""How the course's tiny GPT-2 and tiny Llama were trained: a tokenizer and a small model from nothing, on a laptop CPU.
 
 Run ``python -m course_lib.train_tiny`` to reproduce ``course_lib/assets/tiny-gpt2/``
-(about 8 to 10 minutes on 2 CPU cores). The steps, one function each, in the order
-``main`` calls them:
+(about 8 to 10 minutes on 2 CPU cores). Chapter 09's pair, trained on the larger
+``python-stdlib`` corpus with one tokenizer, the same parameter budget and the same steps::
+
+    python -m course_lib.train_tiny --corpus python-stdlib --arch gpt2    # -> assets/tiny-gpt2-stdlib
+    python -m course_lib.train_tiny --corpus python-stdlib --arch llama   # -> assets/tiny-llama
+
+(``--arch llama``: RMSNorm, RoPE, SwiGLU and grouped-query attention in the Hub's
+``LlamaForCausalLM`` layout; ``intermediate_size`` 416 gives GPT-2's parameter count at width 128.)
+The steps, one function each, in the order ``main`` calls them:
 
 1. ``train_tokenizer``: a byte-level BPE (chapter 03's ``train_bpe``) on the corpus's
    train split, wrapped in GPT-2's ``tokenizers`` pipeline;
 2. ``token_stream``: the whole split as one long 1-D tensor of token ids;
 3. ``batches``: random windows of that stream, inputs and the same tokens shifted by one
    as targets;
-4. ``build_model``: the course's own ``GPT2LMHeadModel`` with GPT-2's initialisation,
-   switched to PyTorch's fused kernels (``course_lib.fused``) for speed;
+4. ``build_model``: the course's own ``GPT2LMHeadModel`` (or ``LlamaForCausalLM``) with its
+   Hub initialisation, switched to PyTorch's fused kernels (``course_lib.fused``) for speed;
 5. ``train``: AdamW, a learning rate that warms up then decays along a cosine, gradient
    clipping; the held-out loss is measured as training goes and the best weights kept;
-6. ``export``: the files of the Hub's ``gpt2`` repository, in its exact layout, plus a
-   model card and the training log that chapter 08 plots.
+6. ``export``: the files of the Hub's ``gpt2`` repository (or of a ``LlamaForCausalLM`` one),
+   in its exact layout, plus a model card and the training log that chapters 08 and 09 plot.
 
 The corpus is small (about 100 thousand tokens; the default run passes over it 34 times),
 so a model with a million parameters starts to learn it by heart: the training loss keeps
@@ -45,13 +52,21 @@ from course_lib.checkpoint import write_atomic, checkpoint_state_dict
 from course_lib.corpus import DOCUMENT_SEPARATOR, corpus_documents, corpus_text
 from course_lib.fused import fuse
 from course_lib.metrics import next_token_loss, unigram_perplexity
+from course_lib.models import llama as llama_model
 from course_lib.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from course_lib.models.llama import LlamaConfig, LlamaForCausalLM
 from course_lib.tokenization import train_bpe
 from course_lib.tokenizer_loading import gpt2_tokenizer
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "assets" / "tiny-gpt2"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+DEFAULT_OUT = ASSETS_DIR / "tiny-gpt2"
+ARCHITECTURES = ("gpt2", "llama")
+# Where each (corpus, architecture) goes when --out is not given: the assets the chapters load.
+DEFAULT_OUTS = {("python-docs", "gpt2"): DEFAULT_OUT, ("python-stdlib", "gpt2"): ASSETS_DIR / "tiny-gpt2-stdlib",
+                ("python-stdlib", "llama"): ASSETS_DIR / "tiny-llama", ("python-docs", "llama"): ASSETS_DIR / "tiny-llama-docs"}
 SAMPLE_PROMPTS = ("The for statement", "A function definition", "def ")
-EXPORTED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "README.md", "training_log.json", "loss.png")
+EXPORTED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                  "README.md", "training_log.json", "loss.png")
 
 
 @dataclasses.dataclass
@@ -59,14 +74,22 @@ class TrainSettings:
     """Every choice that shapes the result; all of it goes into ``training_log.json``."""
 
     seed: int = 0
+    # data and architecture
+    corpus: str = "python-docs"  # or "python-stdlib" (chapter 09: 11.9x the tokens)
+    arch: str = "gpt2"  # or "llama": RMSNorm, RoPE, SwiGLU, grouped-query attention (chapter 09)
     # tokenizer
     vocab_size: int = 4096  # including <|endoftext|>
+    tokenizer_from: str = ""  # a folder whose tokenizer.json to reuse ("" = train one; the same corpus gives the same)
     # model (GPT-2 with fewer, narrower layers and a shorter context)
     n_positions: int = 256
     n_embd: int = 128
     n_layer: int = 4
     n_head: int = 4
-    dropout: float = 0.1  # resid_pdrop = embd_pdrop = attn_pdrop
+    dropout: float = 0.1  # resid_pdrop = embd_pdrop = attn_pdrop (a Llama has only attention_dropout)
+    # llama only: K and V heads, each shared by n_head // num_key_value_heads query heads, and the
+    # SwiGLU width (three C x F matrices; 416 gives GPT-2's 1.35M parameters at n_embd 128, 4 layers)
+    num_key_value_heads: int = 2
+    intermediate_size: int = 416
     # optimisation
     batch_size: int = 16  # sequences of n_positions tokens per step
     max_steps: int = 800
@@ -87,6 +110,18 @@ class TrainSettings:
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.n_positions
+
+    def __post_init__(self):
+        from course_lib.corpus import CORPORA
+
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown arch {self.arch!r}: use one of {', '.join(ARCHITECTURES)}")
+        if self.corpus not in CORPORA:
+            raise ValueError(f"unknown corpus {self.corpus!r}: use one of {', '.join(CORPORA)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} does not divide into {self.n_head} heads")
+        if self.arch == "llama" and (self.num_key_value_heads < 1 or self.n_head % self.num_key_value_heads):
+            raise ValueError(f"num_key_value_heads must divide n_head ({self.n_head}); got {self.num_key_value_heads}")
 
 
 # --------------------------------------------------------------------------------------
@@ -137,8 +172,20 @@ def batches(stream: torch.Tensor, block_size: int, batch_size: int, seed: int):
 # --------------------------------------------------------------------------------------
 # 4. The model
 
-def model_config(settings: TrainSettings, vocab_size: int, eos_token_id: int) -> GPT2Config:
-    """GPT-2's config with the tiny sizes; ``<|endoftext|>`` is both bos and eos, as in GPT-2."""
+def model_config(settings: TrainSettings, vocab_size: int, eos_token_id: int) -> GPT2Config | LlamaConfig:
+    """GPT-2's (or Llama's) config with the tiny sizes; ``<|endoftext|>`` is both bos and eos, as in GPT-2.
+
+    The Llama has the same width, depth, heads, context and vocabulary; it has no position table
+    (RoPE), so its SwiGLU is made a little wider to spend the same parameter budget. Its head is
+    tied to the embedding, as in SmolLM2 and Llama 3.2 1B.
+    """
+    if settings.arch == "llama":
+        return LlamaConfig(model_type="llama", vocab_size=vocab_size, hidden_size=settings.n_embd,
+                           intermediate_size=settings.intermediate_size, num_hidden_layers=settings.n_layer,
+                           num_attention_heads=settings.n_head, num_key_value_heads=settings.num_key_value_heads,
+                           max_position_embeddings=settings.n_positions, rms_norm_eps=1e-5, rope_theta=10000.0,
+                           attention_dropout=settings.dropout, tie_word_embeddings=True,
+                           bos_token_id=eos_token_id, eos_token_id=eos_token_id)
     return GPT2Config(vocab_size=vocab_size, n_positions=settings.n_positions, n_embd=settings.n_embd,
                       n_layer=settings.n_layer, n_head=settings.n_head, resid_pdrop=settings.dropout,
                       embd_pdrop=settings.dropout, attn_pdrop=settings.dropout,
@@ -168,10 +215,14 @@ def init_weights(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
     return model
 
 
-def build_model(settings: TrainSettings, vocab_size: int, eos_token_id: int) -> GPT2LMHeadModel:
-    """A freshly initialised, fused ``GPT2LMHeadModel`` (seed the RNG before calling)."""
-    model = GPT2LMHeadModel(model_config(settings, vocab_size, eos_token_id))
-    return fuse(init_weights(model)).to(settings.device)
+def build_model(settings: TrainSettings, vocab_size: int, eos_token_id: int) -> GPT2LMHeadModel | LlamaForCausalLM:
+    """A freshly initialised, fused ``GPT2LMHeadModel`` or ``LlamaForCausalLM`` (seed the RNG before calling)."""
+    config = model_config(settings, vocab_size, eos_token_id)
+    if settings.arch == "llama":
+        model = llama_model.init_weights(LlamaForCausalLM(config))  # transformers' Llama init
+    else:
+        model = init_weights(GPT2LMHeadModel(config))
+    return fuse(model).to(settings.device)
 
 
 # --------------------------------------------------------------------------------------
@@ -272,8 +323,12 @@ def train(model, train_ids: torch.Tensor, heldout_ids: torch.Tensor, settings: T
 # --------------------------------------------------------------------------------------
 # 6. Export: the Hub's gpt2 layout
 
-def hub_state_dict(model: GPT2LMHeadModel) -> dict[str, torch.Tensor]:
+def hub_state_dict(model: GPT2LMHeadModel | LlamaForCausalLM) -> dict[str, torch.Tensor]:
     """The tensors of ``model.safetensors`` exactly as the Hub's ``gpt2`` file holds them.
+
+    A Llama's file is its state dict as it is (``model.embed_tokens.weight``,
+    ``model.layers.N.self_attn.q_proj.weight`` ...), without ``lm_head.weight`` when tied,
+    as SmolLM2's and Llama 3.2 1B's files are.
 
     ``checkpoint_state_dict`` gives the file layout (the tied ``lm_head.weight`` left out,
     Conv1D weights back to (in, out)); the Hub file has no ``transformer.`` prefix, and it
@@ -281,6 +336,8 @@ def hub_state_dict(model: GPT2LMHeadModel) -> dict[str, torch.Tensor]:
     ones on and below the diagonal. Loaders ignore that buffer, but a file that "looks
     like gpt2" has it.
     """
+    if isinstance(model, LlamaForCausalLM):
+        return dict(sorted((k, v.float()) for k, v in checkpoint_state_dict(model).items()))
     P = model.config.n_positions
     state = {k.removeprefix("transformer."): v.float() for k, v in checkpoint_state_dict(model).items()}
     mask = torch.tril(torch.ones(P, P, dtype=torch.float32)).view(1, 1, P, P)
@@ -289,9 +346,18 @@ def hub_state_dict(model: GPT2LMHeadModel) -> dict[str, torch.Tensor]:
     return dict(sorted(state.items()))
 
 
-def hub_config(model: GPT2LMHeadModel) -> dict:
-    """``config.json`` in the form of the Hub's ``gpt2/config.json``: every GPT-2 config field."""
+def hub_config(model: GPT2LMHeadModel | LlamaForCausalLM) -> dict:
+    """``config.json`` in the form of the Hub's ``gpt2/config.json``: every GPT-2 config field.
+
+    A Llama's is the form of a Hub ``LlamaForCausalLM`` config.json (Llama 3.2's fields).
+    """
     config = model.config.to_dict()
+    if isinstance(model, LlamaForCausalLM):
+        config.update({"architectures": ["LlamaForCausalLM"], "pretraining_tp": 1, "torch_dtype": "float32",
+                       "use_cache": True})
+        for internal in ("use_sliding_window", "max_window_layers", "sliding_window"):  # Mistral's/Qwen's, not a Llama's
+            config.pop(internal, None)
+        return dict(sorted(config.items()))
     config.update({
         "architectures": ["GPT2LMHeadModel"],
         "n_ctx": config["n_positions"],  # an old name for n_positions, still in every GPT-2 config
@@ -311,7 +377,7 @@ def write_text(path: Path, text: str) -> None:
     write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def plot_loss(log: dict, path: Path) -> bool:
+def plot_loss(log: dict, path: Path, title: str = "course tiny GPT-2: loss") -> bool:
     """Save the loss curve (``plots.plot_loss_curve``) as a small PNG; returns False (and writes
     nothing) if it is 60 KB or more."""
     import io
@@ -323,7 +389,7 @@ def plot_loss(log: dict, path: Path) -> bool:
     from course_lib.plots import plot_loss_curve
 
     plot_loss_curve(log["step"], log["train_loss"], log["eval_step"], log["heldout_loss"],
-                    best_step=log["best_step"], title="course tiny GPT-2: loss")
+                    best_step=log["best_step"], title=title)
     fig = plt.gcf()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
@@ -375,13 +441,46 @@ def _is_default(settings: dict) -> bool:
 def model_card(results: dict) -> str:
     """README.md of the asset: what it is, how it was made, how good it is, its limits."""
     s, r = results["settings"], results
+    llama, stdlib = s.get("arch", "gpt2") == "llama", s.get("corpus", "python-docs") == "python-stdlib"
+    name = r.get("asset", "tiny-gpt2")
     sample_text = "\n\n".join(f"**{x['prompt']!r}**, {x['how']}:\n\n```text\n{x['text']}\n```" for x in r["samples"])
-    return f"""# tiny-gpt2: the course's own tiny GPT-2
+    if llama:
+        kv = s["num_key_value_heads"]
+        head = f"""# {name}: the course's own tiny Llama
+
+A {r['parameters'] / 1e6:.2f}M-parameter Llama (RMSNorm, rotary positions, SwiGLU, grouped-query
+attention) and its byte-level BPE tokenizer, trained from scratch by `course_lib/train_tiny.py`
+(`--arch llama`) with the same tokenizer, corpus, parameter budget and steps as its twin
+`tiny-gpt2-stdlib`, for chapter 09's comparison. The files have the layout of a Hub
+`LlamaForCausalLM` repository (as SmolLM2-135M's): `transformers.LlamaForCausalLM.from_pretrained(folder)`
+and `course_lib.load_model("{name}")` both load them unchanged.
+
+| file | what |
+|---|---|
+| `config.json` | Llama config (`model_type` "llama", `hidden_act` "silu", `rope_theta` {r.get('rope_theta', 10000.0):g}, `tie_word_embeddings` true) |
+| `model.safetensors` | float32 weights, {r['file_bytes'] / 1e6:.1f} MB: the Hub's keys (`model.embed_tokens.weight`, `model.layers.0.self_attn.q_proj.weight`, `model.layers.0.mlp.gate_proj.weight`, `model.norm.weight`, ...), no `lm_head.weight` (tied) |
+| `tokenizer.json` | byte-level BPE, {r['vocab_size']} tokens; the end-of-text token is id {r['eos_token_id']} |
+| `tokenizer_config.json`, `generation_config.json` | bos/eos, as a Hub Llama repository has them |
+| `training_log.json` | settings, results, training loss per step, held-out loss per evaluation (chapter 09 plots it) |
+| `loss.png` | that loss curve, drawn (shipped when it is under 60 KB) |
+
+## Model
+
+Llama architecture (pre-norm blocks with RMSNorm, RoPE on q and k, SwiGLU feed-forward, no biases,
+tied LM head): {s['n_layer']} layers, {s['n_head']} query heads sharing {kv} key/value heads (head size
+{s['n_embd'] // s['n_head']}), width {s['n_embd']}, SwiGLU width {s['intermediate_size']}, context
+{s['n_positions']} tokens, vocabulary {r['vocab_size']}, `<|endoftext|>` (id {r['eos_token_id']}) as bos and eos.
+**{r['parameters']:,} parameters** (tied embedding counted once); `model.safetensors` is {r['file_bytes']:,} bytes.
+The KV cache holds {r['kv_cache_bytes_per_token']:,} bytes per token in float32.
+
+"""
+    else:
+        head = f"""# {name}: the course's own tiny GPT-2
 
 A {r['parameters'] / 1e6:.2f}M-parameter GPT-2 and its byte-level BPE tokenizer, trained from scratch by
-`course_lib/train_tiny.py` on the course corpus (Python documentation topics) so that every
+`course_lib/train_tiny.py` on the course corpus ({"the Python standard library's docstrings and the documentation topics" if stdlib else "Python documentation topics"}) so that every
 GPT-2 chapter works offline. The files have the exact layout of the Hub's `gpt2` repository:
-`transformers.GPT2LMHeadModel.from_pretrained(folder)` and `course_lib.load_model("tiny-gpt2")`
+`transformers.GPT2LMHeadModel.from_pretrained(folder)` and `course_lib.load_model("{name}")`
 both load them unchanged.
 
 | file | what |
@@ -400,7 +499,19 @@ vocabulary {r['vocab_size']}, with `<|endoftext|>` (id {r['eos_token_id']}) as b
 **{r['parameters']:,} parameters** (tied embedding counted once);
 `model.safetensors` is {r['file_bytes']:,} bytes.
 
-## Data
+"""
+    if stdlib:
+        data = f"""## Data
+
+The course corpus `course_lib/assets/python-stdlib` (the standard library's module, class and function
+docstrings and longer comments beside the documentation's "topics" pages, CPython 3.11.7; split by module
+family, deduplicated, pinned by hash), train split: {r['train_tokens']:,} tokens ({r['train_chars']:,}
+characters). Held out for evaluation: {r['heldout_tokens']:,} tokens ({r['heldout_chars']:,} characters)
+of other module families. The text is © Python Software Foundation, distributed under the PSF License
+Agreement (see `course_lib/assets/python-stdlib/LICENSE.txt`).
+"""
+    else:
+        data = f"""## Data
 
 The course corpus `course_lib/assets/python-docs` (the text of the Python documentation's
 "topics" pages, CPython 3.11.7), train split: {r['train_tokens']:,} tokens
@@ -408,7 +519,8 @@ The course corpus `course_lib/assets/python-docs` (the text of the Python docume
 ({r['heldout_chars']:,} characters) of other topics. The documentation is © Python Software
 Foundation, distributed under the PSF License Agreement (see
 `course_lib/assets/python-docs/LICENSE.txt`).
-
+"""
+    return head + data + f"""
 ## Training
 
 - tokenizer: `course_lib.tokenization.train_bpe` (the course's own byte-level BPE), {r['vocab_size']} tokens;
@@ -422,7 +534,7 @@ Foundation, distributed under the PSF License Agreement (see
 - wall time {r['wall_seconds'] / 60:.1f} minutes for the training loop ({r['total_seconds'] / 60:.1f} minutes in all, with
   the tokenizer, evaluation and export).
 
-{HOW_CHOSEN if _is_default(s) else ""}Reproduce (same numbers on the same kind of machine): `python -m course_lib.train_tiny`
+{HOW_CHOSEN if _is_default(s) else ""}Reproduce (same numbers on the same kind of machine): `python -m course_lib.train_tiny{r.get('command_flags', '')}`
 (`--out DIR` to write elsewhere, `--help` for the settings).
 
 ## Results
@@ -433,7 +545,7 @@ Foundation, distributed under the PSF License Agreement (see
 | train split (eval mode) | {r['train_eval_loss']:.4f} | {math.exp(r['train_eval_loss']):.2f} |
 | unigram baseline on held-out (token frequencies, no context) | {math.log(r['unigram_perplexity']):.4f} | {r['unigram_perplexity']:.2f} |
 
-Training loss of the last steps (with dropout): {r['final_train_loss']:.3f}. Perplexities are
+Mean training loss of the last 20 steps (training mode{', with dropout' if s['dropout'] else ''}): {r['final_train_loss']:.3f}. Perplexities are
 `course_lib.metrics.perplexity(model, ids, block_size={s['n_positions']})` over the whole split
 encoded as one stream, in non-overlapping blocks.
 
@@ -446,22 +558,43 @@ Continuations of {len(SAMPLE_PROMPTS)} prompts, {s['sample_tokens']} new tokens 
 ## Limitations
 
 - It has read only ~{r['train_chars'] // 1000} KB of text: it imitates the style of the Python
-  documentation (prose, grammar productions, code examples) but what it says is often wrong, repetitive or
+  documentation{' and docstrings' if stdlib else ''} (prose, grammar productions, code examples) but what it says is often wrong, repetitive or
   nonsense. A teaching model, not a source of facts or code.
 - English and Python documentation only; anything else is out of distribution.
 - The context is {s['n_positions']} tokens: prompt + generated tokens must fit.
-- Its perplexities are not comparable with GPT-2's: another tokenizer, another text.
+- Its perplexities are not comparable with GPT-2's: another tokenizer, another text{'' if not stdlib else ' (they are comparable between tiny-gpt2-stdlib and tiny-llama: one tokenizer, one held-out text)'}.
 
 ## Licence
 
 The weights and the tokenizer are released under the course's licence (MIT). They were
 trained on text under the PSF License; its copyright notice is in
-`course_lib/assets/python-docs/LICENSE.txt`.
+`course_lib/assets/{s.get('corpus', 'python-docs')}/LICENSE.txt`.
 """
 
 
-def export(model: GPT2LMHeadModel, tok, folder: str | os.PathLike, results: dict, log: dict) -> Path:
-    """Write the asset: config.json, model.safetensors, tokenizer.json, training_log.json, README.md (+ loss.png).
+def llama_tokenizer_files(model: LlamaForCausalLM, tok) -> tuple[dict, dict]:
+    """``tokenizer_config.json`` and ``generation_config.json`` as a Hub Llama repository has them.
+
+    The tokenizer itself is ``tokenizer.json`` (a ``PreTrainedTokenizerFast``, as Llama 3's);
+    ``<|endoftext|>`` is its bos and eos, and no bos is added in front of a text (GPT-2's habit,
+    which the comparison with ``tiny-gpt2-stdlib`` needs).
+    """
+    eos_id = model.config.eos_token_id
+    eos = tok.id_to_token(eos_id)
+    tokenizer_config = {
+        "added_tokens_decoder": {str(eos_id): {"content": eos, "lstrip": False, "normalized": False, "rstrip": False,
+                                               "single_word": False, "special": True}},
+        "bos_token": eos, "eos_token": eos, "unk_token": None, "clean_up_tokenization_spaces": False,
+        "model_max_length": model.config.max_position_embeddings, "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    generation_config = {"bos_token_id": eos_id, "eos_token_id": eos_id, "do_sample": False}
+    return tokenizer_config, generation_config
+
+
+def export(model: GPT2LMHeadModel | LlamaForCausalLM, tok, folder: str | os.PathLike, results: dict,
+           log: dict) -> Path:
+    """Write the asset: config.json, model.safetensors, tokenizer.json, training_log.json, README.md (+ loss.png;
+    a Llama also gets tokenizer_config.json and generation_config.json).
 
     Each file is written to a temporary name and renamed, so an interrupted export never
     leaves a half-written file behind.
@@ -474,6 +607,10 @@ def export(model: GPT2LMHeadModel, tok, folder: str | os.PathLike, results: dict
     write_atomic(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     write_json(folder / "config.json", hub_config(model))
     write_atomic(folder / "tokenizer.json", lambda p: tok.save(str(p), pretty=True))
+    if isinstance(model, LlamaForCausalLM):
+        tokenizer_config, generation_config = llama_tokenizer_files(model, tok)
+        write_json(folder / "tokenizer_config.json", tokenizer_config)
+        write_json(folder / "generation_config.json", generation_config)
     results["file_bytes"] = (folder / "model.safetensors").stat().st_size
     write_json(folder / "training_log.json", {
         "settings": results["settings"],
@@ -482,7 +619,8 @@ def export(model: GPT2LMHeadModel, tok, folder: str | os.PathLike, results: dict
         "samples": results["samples"],
     })
     write_text(folder / "README.md", model_card(results))
-    if not plot_loss(log, folder / "loss.png"):
+    title = f"course {results.get('asset', 'tiny GPT-2')}: loss"
+    if not plot_loss(log, folder / "loss.png", title):
         (folder / "loss.png").unlink(missing_ok=True)  # too big to ship: the notebook plots the log instead
     for path in folder.iterdir():  # temporary files are private (0600); the asset is for everyone to read
         if path.name in EXPORTED_FILES:
@@ -493,14 +631,46 @@ def export(model: GPT2LMHeadModel, tok, folder: str | os.PathLike, results: dict
 # --------------------------------------------------------------------------------------
 # The whole recipe
 
-def run(settings: TrainSettings, out: str | os.PathLike = DEFAULT_OUT, progress: bool = True) -> dict:
+def default_out(settings: TrainSettings) -> Path:
+    """The asset folder a run writes when no ``--out`` is given (``DEFAULT_OUTS``)."""
+    return DEFAULT_OUTS[(settings.corpus, settings.arch)]
+
+
+def command_flags(settings: TrainSettings) -> str:
+    """The flags that differ from the defaults, as a command line would give them (for the model card)."""
+    default = TrainSettings()
+    ignored = {"threads", "device", "minutes", "tokenizer_from"}
+    return "".join(f" --{f.name.replace('_', '-')} {getattr(settings, f.name)}" for f in dataclasses.fields(settings)
+                   if f.name not in ignored and getattr(settings, f.name) != getattr(default, f.name))
+
+
+def load_or_train_tokenizer(settings: TrainSettings):
+    """The tokenizer: trained on the corpus's train split, or read from ``settings.tokenizer_from``."""
+    if settings.tokenizer_from:
+        from tokenizers import Tokenizer
+
+        path = Path(settings.tokenizer_from) / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"--tokenizer-from {settings.tokenizer_from}: no tokenizer.json there; "
+                                    f"pass a folder a previous run wrote, or leave it out to train a tokenizer")
+        tok = Tokenizer.from_file(str(path))
+        if tok.token_to_id(DOCUMENT_SEPARATOR) is None or tok.get_vocab_size() != settings.vocab_size:
+            raise ValueError(f"{path} has {tok.get_vocab_size()} tokens and {DOCUMENT_SEPARATOR!r} "
+                             f"{'missing' if tok.token_to_id(DOCUMENT_SEPARATOR) is None else 'present'}; this run "
+                             f"needs {settings.vocab_size} tokens with {DOCUMENT_SEPARATOR!r}: pass --vocab-size to match")
+        return tok
+    return train_tokenizer(corpus_documents("train", settings.corpus), settings.vocab_size)
+
+
+def run(settings: TrainSettings, out: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Tokenizer, data, model, training, evaluation, export: the whole recipe. Returns the results."""
     started = time.perf_counter()
+    out = Path(out) if out is not None else default_out(settings)
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
 
-    train_text, heldout_text = corpus_text("train"), corpus_text("heldout")
-    tok = train_tokenizer(corpus_documents("train"), settings.vocab_size)
+    train_text, heldout_text = corpus_text("train", settings.corpus), corpus_text("heldout", settings.corpus)
+    tok = load_or_train_tokenizer(settings)
     eos_id = tok.token_to_id(DOCUMENT_SEPARATOR)
     train_ids, heldout_ids = token_stream(tok, train_text), token_stream(tok, heldout_text)
 
@@ -513,7 +683,11 @@ def run(settings: TrainSettings, out: str | os.PathLike = DEFAULT_OUT, progress:
     steps_done = log["step"][-1]
     results = {
         "settings": dataclasses.asdict(settings),
+        "asset": out.name,
+        "command_flags": command_flags(settings),
         "parameters": model.num_parameters(),
+        "kv_cache_bytes_per_token": llama_model.kv_cache_bytes_per_token(model.config),
+        "rope_theta": getattr(model.config, "rope_theta", None),
         "vocab_size": tok.get_vocab_size(),
         "eos_token_id": eos_id,
         "train_tokens": train_ids.numel(), "heldout_tokens": heldout_ids.numel(),
@@ -539,11 +713,14 @@ def run(settings: TrainSettings, out: str | os.PathLike = DEFAULT_OUT, progress:
 def parse_args(argv=None) -> tuple[TrainSettings, Path, bool]:
     """Command-line flags: one per ``TrainSettings`` field, plus ``--out`` and ``--quiet``."""
     parser = argparse.ArgumentParser(prog="python -m course_lib.train_tiny", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default: {DEFAULT_OUT} for GPT-2 on python-docs; with --corpus "
+                             f"python-stdlib, assets/tiny-gpt2-stdlib or assets/tiny-llama by --arch)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     for field in dataclasses.fields(TrainSettings):
         flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(flag, type=type(field.default), default=field.default, dest=field.name,
+        choices = {"arch": ARCHITECTURES, "corpus": ("python-docs", "python-stdlib")}.get(field.name)
+        parser.add_argument(flag, type=type(field.default), default=field.default, dest=field.name, choices=choices,
                             help=f"(default: {field.default})")
     args = vars(parser.parse_args(argv))
     out, quiet = args.pop("out"), args.pop("quiet")
@@ -552,6 +729,7 @@ def parse_args(argv=None) -> tuple[TrainSettings, Path, bool]:
 
 def main(argv=None) -> dict:
     settings, out, quiet = parse_args(argv)
+    out = out if out is not None else default_out(settings)
     results = run(settings, out, progress=not quiet)
     print(f"wrote {out}: {results['parameters']:,} parameters, {results['file_bytes'] / 1e6:.1f} MB, "
           f"held-out perplexity {results['heldout_perplexity']:.2f} (best step {results['best_step']}), "

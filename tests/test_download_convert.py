@@ -354,3 +354,36 @@ def test_download_without_models_is_a_usage_error(capsys):
         download.main([])
     assert exit_.value.code == 2
     assert "name at least one model" in capsys.readouterr().err
+
+
+def test_chapter_09_models_and_their_optional_chat_template(fake_hub, tiny_files, tmp_path, monkeypatch, capsys):
+    """The SmolLM2 / Qwen2.5 pairs are course models; an -Instruct repository's chat_template.jinja and
+    generation_config.json come with it, and a base repository without them downloads just as well."""
+    from course_lib.chat_template import ChatTemplateError, apply_chat_template, read_chat_template
+
+    for name in ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct", "Qwen/Qwen2.5-0.5B",
+                 "Qwen/Qwen2.5-0.5B-Instruct"):
+        assert name in download.COURSE_MODELS
+    assert {"chat_template.jinja", "chat_template.json", "generation_config.json"} <= set(hub.DEFAULT_FILES)
+    repos, calls = fake_hub
+    files, model = tiny_files
+    repos["org/base"] = dict(files)
+    repos["org/chat"] = {**files, "chat_template.jinja": b"{{ bos_token }}[{{ messages[0].content }}]",
+                         "generation_config.json": b'{"eos_token_id": [2, 3]}',
+                         "tokenizer_config.json": b'{"bos_token": "[CLS]", "eos_token": "[SEP]"}'}
+    usb = tmp_path / "usb"
+    assert download.main(["org/base", "org/chat", "--to", str(usb)]) == 0
+    snapshots = usb / "hub" / "models--org--{}" / "snapshots" / COMMIT
+    assert sorted(p.name for p in Path(str(snapshots).format("chat")).iterdir()) == [
+        "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json",
+        "vocab.txt"]
+    assert not (Path(str(snapshots).format("base")) / "chat_template.jinja").exists()
+
+    offline_home(monkeypatch, usb)
+    assert hub.cached_snapshot("org/chat") == Path(str(snapshots).format("chat"))
+    assert hub.cached_snapshot("org/chat", required=("config.json", ("model.safetensors", "x.index.json")))
+    assert hub.cached_snapshot("org/chat", required=("tokenizer.json",)) is None  # a file it does not hold
+    assert hub.cached_snapshot("org/never-downloaded") is None  # offline, and no network was asked
+    assert apply_chat_template([{"role": "user", "content": "hi"}], tokenizer_folder="org/chat") == "[CLS][hi]"
+    with pytest.raises(ChatTemplateError, match="base model"):
+        read_chat_template("org/base")

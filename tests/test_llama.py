@@ -29,52 +29,10 @@ from course_lib.models.llama import LlamaForCausalLM, init_weights, kv_cache_byt
 from course_lib.quantization import QuantLinear, TiedQuantHead
 from helpers import assert_close
 
-# config.json as published on the Hub; SHRINK below says which sizes the tests cut
-LLAMA_3_2_1B = {
-    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048,
-    "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": False,
-    "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
-    "pretraining_tp": 1, "rms_norm_eps": 1e-05,
-    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-    "rope_theta": 500000.0, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
-    "transformers_version": "4.45.0.dev0", "use_cache": True, "vocab_size": 128256,
-}
-SMOLLM2_135M = {
-    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 0,
-    "eos_token_id": 0, "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.041666666666666664,
-    "intermediate_size": 1536, "is_llama_config": True, "max_position_embeddings": 8192, "model_type": "llama",
-    "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3, "pretraining_tp": 1,
-    "rms_norm_eps": 1e-05, "rope_interleaved": False, "rope_scaling": None, "rope_theta": 100000,
-    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "transformers_version": "4.40.1", "use_cache": True,
-    "vocab_size": 49152,
-}
-QWEN2_5_0_5B = {
-    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
-    "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
-    "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2",
-    "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
-    "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
-    "transformers_version": "4.40.1", "use_cache": True, "use_mrope": False, "use_sliding_window": False,
-    "vocab_size": 151936,
-}
-QWEN3_0_6B = {
-    "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024,
-    "initializer_range": 0.02, "intermediate_size": 3072, "max_position_embeddings": 40960, "max_window_layers": 28,
-    "model_type": "qwen3", "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8,
-    "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000, "sliding_window": None,
-    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "transformers_version": "4.51.0", "use_cache": True,
-    "use_sliding_window": False, "vocab_size": 151936,
-}
-MISTRAL_7B = {
-    "architectures": ["MistralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
-    "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 32768,
-    "model_type": "mistral", "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
-    "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096, "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16", "transformers_version": "4.34.0.dev0", "use_cache": True, "vocab_size": 32000,
-}
+# config.json as published on the Hub (course_lib.models.published_configs); SHRINK says which sizes the tests cut
+from course_lib.models.published_configs import (LLAMA_3_2_1B, MISTRAL_7B, QWEN2_5_0_5B,  # noqa: E402
+                                                 QWEN3_0_6B, SMOLLM2_135M)
+
 # hidden_size must stay a multiple of the heads where head_dim is derived (SmolLM2 9, Qwen2.5 14, Mistral 32)
 SHRINK = {
     "Llama-3.2-1B": (LLAMA_3_2_1B, {"hidden_size": 64, "intermediate_size": 128}),
@@ -322,10 +280,16 @@ def test_int8_quantization_runs_and_stays_close(checkpoints, name):
     assert 0.05 < ((a - int4_logits).norm() / a.norm()).item() < 0.3
 
 
-def test_fused_model_equals_reference(checkpoints):
-    folder, hf, config = checkpoints("Qwen2.5-0.5B")
+@pytest.mark.parametrize("name", ["Qwen2.5-0.5B", "Qwen3-0.6B"])
+def test_fused_model_equals_reference(checkpoints, name):
+    from course_lib.fused import FusedRMSNorm
+
+    folder, hf, config = checkpoints(name)
     fused = fuse(load_model(folder))
-    check_logits("Qwen2 fused", fused, hf, config["vocab_size"])
+    norms = [m for m in fused.modules() if "Norm" in type(m).__name__]
+    assert norms and all(type(m) is FusedRMSNorm for m in norms)  # Qwen3's q/k norms included
+    assert fused.model.layers[0].mlp.act_fn is torch.nn.functional.silu
+    check_logits(f"{name} fused", fused, hf, config["vocab_size"])
     prompt = torch.randint(0, config["vocab_size"], (1, 7), generator=torch.Generator().manual_seed(5))
     reference = load_model(folder).generate(prompt, 8, eos_token_id=[])
     assert torch.equal(fused.generate(prompt, 8, eos_token_id=[]), reference)
@@ -395,3 +359,18 @@ def test_init_weights_is_transformers_initialisation():
     assert not model.model.embed_tokens.weight[3].any()  # the padding row
     assert torch.equal(model.model.norm.weight, torch.ones_like(model.model.norm.weight))
     assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
+
+
+@pytest.mark.parametrize("name", ["meta-llama/Llama-3.2-1B", "HuggingFaceTB/SmolLM2-135M", "Qwen/Qwen2.5-0.5B",
+                                  "Qwen/Qwen3-0.6B", "mistralai/Mistral-7B-v0.1"])
+def test_full_size_models_on_the_meta_device_count_what_transformers_counts(tf, name):
+    """Chapter 09's table builds the published configs at full size without memory: same parameters as transformers."""
+    from course_lib.models.published_configs import published_config
+
+    config = published_config(name)
+    with torch.device("meta"):
+        ours = LlamaForCausalLM(config_from_dict(config))
+        theirs = tf.AutoModelForCausalLM.from_config(tf.AutoConfig.for_model(**config))
+    unique = {id(p): p.numel() for p in theirs.parameters()}  # a tied head counted once
+    assert ours.num_parameters() == sum(unique.values())
+    assert all(p.is_meta for p in ours.parameters())

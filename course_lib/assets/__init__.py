@@ -59,6 +59,17 @@ ASSETS: dict[str, Asset] = {asset.name: asset for asset in (
                           "layout",
              ("config.json", "model.safetensors", "tokenizer.json", "README.md"),
              install=f"{_REINSTALL}, or retrain it: python -m course_lib.train_tiny"),
+    _shipped("tiny-gpt2-stdlib", "chapter 09's tiny GPT-2 (1.35M parameters) trained on python-stdlib, the "
+                                 "twin of tiny-llama (same tokenizer, budget and steps), in the Hub's gpt2 layout",
+             ("config.json", "model.safetensors", "tokenizer.json", "README.md", "training_log.json"),
+             install=f"{_REINSTALL}, or retrain it: python -m course_lib.train_tiny --corpus python-stdlib --arch gpt2 "
+                     f"--dropout 0.0"),
+    _shipped("tiny-llama", "chapter 09's tiny Llama (1.36M parameters: RMSNorm, RoPE, SwiGLU, grouped-query "
+                           "attention) trained on python-stdlib, in the Hub's LlamaForCausalLM layout",
+             ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
+              "training_log.json"),
+             install=f"{_REINSTALL}, or retrain it: python -m course_lib.train_tiny --corpus python-stdlib --arch llama "
+                     f"--dropout 0.0 --tokenizer-from course_lib/assets/tiny-gpt2-stdlib"),
     _shipped("sms-spam", "the SMS Spam Collection v.1: 5,574 English text messages labelled ham/spam by people, "
                          "CC BY 4.0 (478 KB); chapter 08's labelled set (split by course_lib.classification_data)",
              ("SMSSpamCollection", "LICENSE.txt", "README.md")),

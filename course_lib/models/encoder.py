@@ -483,6 +483,28 @@ def check_position_ids(position_ids, input_ids: torch.Tensor, max_positions: int
                        check_values=check_values, fix_high="shorten the input, or leave position_ids out")
 
 
+def check_decoder_inputs(input_ids, attention_mask=None, position_ids=None, *, vocab_size: int,
+                         max_positions: int, past_length: int = 0, decoding: bool = False) -> None:
+    """A decoder's inputs (GPT-2, the Llama family): dtype, shape (B, T), ids in [0, vocab_size), a 0/1 mask
+    (B, P + T), positions below ``max_positions``; a clear error naming the argument and the fix otherwise.
+
+    Decoding steps must cost nothing extra: with a cache (``decoding``) a one-token call
+    gets only the checks that read metadata (type, dtype, shapes), not the pass over
+    the values — its ids come from the model's own logits, and ``generate_ids``
+    checked the prompt's values once. Every other call (a prompt, a whole sequence) is
+    checked in full: one ``aminmax`` over the ids and one over the mask.
+    """
+    check_input_ids(input_ids, vocab_size, check_values=False)  # type, dtype, (B, T)
+    B, T = input_ids.shape
+    values = not (decoding and T == 1)
+    if values:
+        check_input_ids(input_ids, vocab_size)
+    if attention_mask is not None:
+        check_attention_mask(attention_mask, (B, past_length + T), cached=past_length, check_values=values)
+    if position_ids is not None:
+        check_position_ids(position_ids, input_ids, max_positions, check_values=values)
+
+
 def check_encoder_inputs(config: EncoderConfig, input_ids, attention_mask=None, token_type_ids=None,
                          position_ids=None) -> None:
     """Every input of an encoder's ``forward`` checked once, at ``BertModel.forward``'s entry (task heads call it).

@@ -40,7 +40,7 @@ from torch import nn
 from course_lib.layers import (Dropout, Embedding, LayerNorm, Linear, activation, causal_mask, merge_heads,
                                padding_mask, scaled_dot_product_attention, split_heads)
 from course_lib.models.base import CausalLMGeneration, CourseModel, PretrainedConfig
-from course_lib.models.encoder import check_attention_mask, check_input_ids, check_position_ids
+from course_lib.models.encoder import check_decoder_inputs
 
 __all__ = ["GPT2Config", "GPT2Attention", "PrunedGPT2Attention", "GPT2MLP", "GPT2Block", "GPT2Model",
            "GPT2LMHeadModel", "CONV1D_WEIGHTS", "gpt2_position_ids", "gpt2_attention_mask"]
@@ -261,23 +261,10 @@ class GPT2Model(CourseModel):
 
     def check_inputs(self, input_ids, attention_mask=None, position_ids=None, past_length: int = 0,
                      decoding: bool = False) -> None:
-        """A clear error for a wrong input: dtype, shape (B, T), ids in [0, vocab_size), a 0/1 mask (B, P + T).
-
-        Decoding steps must cost nothing extra: with a cache (``decoding``) a one-token call
-        gets only the checks that read metadata (type, dtype, shapes), not the pass over
-        the values — its ids come from the model's own logits, and ``generate_ids``
-        checked the prompt's values once. Every other call (a prompt, a whole sequence) is
-        checked in full: one ``aminmax`` over the ids and one over the mask.
-        """
-        check_input_ids(input_ids, self.config.vocab_size, check_values=False)  # type, dtype, (B, T)
-        B, T = input_ids.shape
-        values = not (decoding and T == 1)
-        if values:
-            check_input_ids(input_ids, self.config.vocab_size)
-        if attention_mask is not None:
-            check_attention_mask(attention_mask, (B, past_length + T), cached=past_length, check_values=values)
-        if position_ids is not None:
-            check_position_ids(position_ids, input_ids, self.config.n_positions, check_values=values)
+        """A clear error for a wrong input (``encoder.check_decoder_inputs``: a one-token decoding step gets
+        only the metadata checks)."""
+        check_decoder_inputs(input_ids, attention_mask, position_ids, vocab_size=self.config.vocab_size,
+                             max_positions=self.config.n_positions, past_length=past_length, decoding=decoding)
 
 
 class GPT2LMHeadModel(CausalLMGeneration, CourseModel):

@@ -41,7 +41,7 @@ from torch import nn
 from course_lib.layers import (Embedding, Linear, RMSNorm, merge_heads, padding_mask, repeat_kv,
                                scaled_dot_product_attention, silu, sliding_window_mask, split_heads)
 from course_lib.models.base import CausalLMGeneration, CourseModel, PretrainedConfig
-from course_lib.models.encoder import check_attention_mask, check_input_ids, check_position_ids
+from course_lib.models.encoder import check_decoder_inputs
 from course_lib.models.gpt2 import gpt2_position_ids
 from course_lib.rope import RotaryEmbedding, apply_rope, check_rope_scaling
 
@@ -367,19 +367,10 @@ class LlamaModel(_LlamaFamilyModel):
 
     def check_inputs(self, input_ids, attention_mask=None, position_ids=None, past_length: int = 0,
                      decoding: bool = False) -> None:
-        """A clear error for a wrong input: dtype, shape (B, T), ids in [0, vocab_size), a 0/1 mask (B, P + T).
-
-        As ``GPT2Model.check_inputs``: a one-token decoding step gets only the metadata checks.
-        """
-        check_input_ids(input_ids, self.config.vocab_size, check_values=False)
-        B, T = input_ids.shape
-        values = not (decoding and T == 1)
-        if values:
-            check_input_ids(input_ids, self.config.vocab_size)
-        if attention_mask is not None:
-            check_attention_mask(attention_mask, (B, past_length + T), cached=past_length, check_values=values)
-        if position_ids is not None:
-            check_position_ids(position_ids, input_ids, self.config.max_position_embeddings, check_values=values)
+        """A clear error for a wrong input, as ``GPT2Model.check_inputs`` (``encoder.check_decoder_inputs``)."""
+        check_decoder_inputs(input_ids, attention_mask, position_ids, vocab_size=self.config.vocab_size,
+                             max_positions=self.config.max_position_embeddings, past_length=past_length,
+                             decoding=decoding)
 
 
 class LlamaForCausalLM(CausalLMGeneration, _LlamaFamilyModel):
