@@ -30,6 +30,34 @@ def chapter_checks(chapter: str) -> dict:
     return {ex.function: ex for ex in registry.load_chapter(chapter)}
 
 
+def assert_checks_leave_the_global_rng_alone(chapter: str, filename: str, functions: dict) -> None:
+    """Grading every exercise of ``chapter`` must not move torch's global random generator: a check cell
+    in a notebook must not change the random numbers of the cells after it. ``functions``: {name: a
+    function to grade} used where there are no solutions (a learner hand-out)."""
+    import numpy as np
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    solutions = load_exercise_module("solutions", filename) if have_solutions(filename) else None
+    checks = chapter_checks(chapter)
+    for name, fn in functions.items():
+        try:
+            checks[name].grade(getattr(solutions, name) if solutions else fn, np.random.default_rng(0))
+        except registry.GradeError:
+            pass
+    assert torch.equal(torch.rand(3), expected)
+
+
+def unresolved_switched_off_names(grading_module) -> list[str]:
+    """The names a chapter's grading switches off (``SHORTCUTS`` + ``ANSWER_KEY``) that this torch or
+    course_lib does not have: a misspelt one would silently stay switched on."""
+    from course_lib.grading.child import resolve_owner
+
+    names = tuple(getattr(grading_module, "SHORTCUTS", ())) + tuple(getattr(grading_module, "ANSWER_KEY", ()))
+    return [name for name in names if resolve_owner(name) is None]
+
+
 def have_solutions(*filenames: str) -> bool:
     """False in a learner hand-out (no solutions/)."""
     return all((course_root() / "solutions" / f).exists() for f in filenames)

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.grading.registry import GradeError
-from helpers import assert_wrong_answer_fails, chapter_checks, have_solutions, load_exercise_module
+from helpers import (assert_checks_leave_the_global_rng_alone, assert_wrong_answer_fails, chapter_checks,
+                     have_solutions, load_exercise_module, unresolved_switched_off_names)
 
 SEEDS = range(3)
 FILE = "ex09_modern_decoders.py"
@@ -562,9 +563,8 @@ def test_every_exercise_has_wrong_and_right_answers():
 def test_every_switched_off_name_exists_in_this_torch():
     """A misspelt shortcut would silently stay switched on."""
     from course_lib.grading import ex09
-    from course_lib.grading.child import resolve_owner
 
-    assert [name for name in ex09.SHORTCUTS + ex09.ANSWER_KEY if resolve_owner(name) is None] == []
+    assert unresolved_switched_off_names(ex09) == []
 
 
 def test_points_add_up():
@@ -575,15 +575,4 @@ def test_points_add_up():
 
 
 def test_a_check_leaves_the_global_random_generator_alone():
-    """A check cell in a notebook must not change the random numbers of the cells after it."""
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    solutions = load_exercise_module("solutions", FILE) if HAS_SOLUTIONS else None
-    for name in checks("ex09"):
-        fn = getattr(solutions, name) if solutions else RIGHT[name][next(iter(RIGHT[name]))]
-        try:
-            checks("ex09")[name].grade(fn, np.random.default_rng(0))
-        except GradeError:
-            pass
-    assert torch.equal(torch.rand(3), expected)
+    assert_checks_leave_the_global_rng_alone("ex09", FILE, {n: next(iter(c.values())) for n, c in RIGHT.items()})

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from course_lib.grading.registry import GradeError
-from helpers import assert_wrong_answer_fails, chapter_checks, have_solutions, load_exercise_module
+from helpers import (assert_checks_leave_the_global_rng_alone, assert_wrong_answer_fails, chapter_checks,
+                     have_solutions, load_exercise_module, unresolved_switched_off_names)
 
 pytest.importorskip("gguf", reason="chapter 11's checks need the gguf package (pip install gguf, or make setup)")
 pytest.importorskip("onnxruntime", reason="chapter 11's checks need onnxruntime (pip install onnxruntime)")
@@ -611,9 +612,8 @@ def test_every_exercise_has_wrong_and_right_answers():
 def test_every_switched_off_name_exists():
     """A misspelt shortcut would silently stay switched on."""
     from course_lib.grading import ex11
-    from course_lib.grading.child import resolve_owner
 
-    assert [name for name in ex11.SHORTCUTS + ex11.ANSWER_KEY if resolve_owner(name) is None] == []
+    assert unresolved_switched_off_names(ex11) == []
 
 
 def test_the_checks_own_entry_writer_agrees_with_gguf():
@@ -634,15 +634,4 @@ def test_points_add_up():
 
 
 def test_a_check_leaves_the_global_random_generator_alone():
-    """A check cell in a notebook must not change the random numbers of the cells after it."""
-    torch.manual_seed(123)
-    expected = torch.rand(3)
-    torch.manual_seed(123)
-    solutions = load_exercise_module("solutions", FILE) if HAS_SOLUTIONS else None
-    for name in checks("ex11"):
-        fn = getattr(solutions, name) if solutions else RIGHT[name][next(iter(RIGHT[name]))]
-        try:
-            checks("ex11")[name].grade(fn, np.random.default_rng(0))
-        except GradeError:
-            pass
-    assert torch.equal(torch.rand(3), expected)
+    assert_checks_leave_the_global_rng_alone("ex11", FILE, {n: next(iter(c.values())) for n, c in RIGHT.items()})

@@ -32,7 +32,8 @@ import torch
 from course_lib import layers as L
 from course_lib import rope as R
 from course_lib.grading.registry import (GradeError, call_learner, chapter_rules, exercise, expect_close,
-                                         expect_dtype, expect_tensor, expect_tensors, likely, randn, same_value)
+                                         expect_dtype, expect_tensor, expect_tensors, expect_values, likely, randn,
+                                         same_value)
 
 ANSWER_KEY = (
     *(f"course_lib.rope.{name}" for name in (
@@ -83,28 +84,6 @@ def name_of(dtype: torch.dtype) -> str:
 def describe(t: torch.Tensor) -> str:
     """'(2, 3, 5, 8) float32', with ', a non-contiguous view' when it is one."""
     return f"{tuple(t.shape)} {name_of(t.dtype)}" + ("" if t.is_contiguous() else ", a non-contiguous view")
-
-
-def expect_values(got: torch.Tensor, expected: torch.Tensor, what: str, mistakes: dict, rtol: float = 0.0,
-                  atol: float = 0.0, why_shape: str = "") -> None:
-    """``got`` equal (``rtol = atol = 0``) or close to ``expected``, shapes first; else a GradeError that
-    names a usual mistake the result matches."""
-    if tuple(got.shape) != tuple(expected.shape):
-        because = f"; {why_shape}" if why_shape else ""
-        raise GradeError(f"{what}: expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}{because}."
-                         + likely(got, mistakes, rtol=rtol, atol=atol))
-    if same_value(got.to(expected.dtype), expected, rtol, atol):
-        return
-    if rtol == 0 and atol == 0:
-        bad = int((got.to(expected.dtype) != expected).sum())
-        raise GradeError(f"{what}: {bad} of {expected.numel()} values differ from the expected result (the values are "
-                         f"copies of the input's, so they must be equal)." + likely(got, mistakes))
-    try:
-        expect_close(got.double(), expected.double(), what, atol=atol, rtol=rtol)
-    except GradeError as err:
-        raise GradeError(str(err) + "." + likely(got, mistakes, rtol=rtol, atol=atol)) from None
-    raise GradeError(f"{what}: differs from the expected result (NaN where a number was expected, or the reverse)."
-                     + likely(got, mistakes, rtol=rtol, atol=atol))
 
 
 def expect_error(exception: type[Exception], run, what: str, why: str) -> None:

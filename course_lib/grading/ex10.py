@@ -35,7 +35,7 @@ from course_lib import image_processing as IP
 from course_lib import vision as V
 from course_lib.grading.registry import (GradeError, call_learner, chapter_rules, exercise, expect_close,
                                          expect_dtype, expect_raises, expect_shape, expect_tensor, expect_tensors,
-                                         likely, randn, same_value)
+                                         expect_values, likely, randn, same_value)
 from course_lib.models import vit as VIT
 
 ANSWER_KEY = (
@@ -85,28 +85,6 @@ def pair(value) -> tuple[int, int]:
 def tolerances(dtype: torch.dtype) -> tuple[float, float]:
     """(rtol, atol) for values of order 1."""
     return (1e-10, 1e-10) if dtype == F64 else (1e-5, 1e-5)
-
-
-def expect_values(got: torch.Tensor, expected: torch.Tensor, what: str, mistakes: dict, rtol: float = 0.0,
-                  atol: float = 0.0, why_shape: str = "") -> None:
-    """``got`` equal (``rtol = atol = 0``) or close to ``expected``, shapes first; else a GradeError that
-    names a usual mistake the result matches."""
-    if tuple(got.shape) != tuple(expected.shape):
-        because = f"; {why_shape}" if why_shape else ""
-        raise GradeError(f"{what}: expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}{because}."
-                         + likely(got, mistakes, rtol=rtol, atol=atol))
-    if same_value(got.to(expected.dtype), expected, rtol, atol):
-        return
-    if rtol == 0 and atol == 0:
-        bad = int((got.to(expected.dtype) != expected).sum())
-        raise GradeError(f"{what}: {bad} of {expected.numel()} values differ from the expected result (the values are "
-                         f"copies of the input's, so they must be equal)." + likely(got, mistakes))
-    try:
-        expect_close(got, expected, what, atol=atol, rtol=rtol)
-    except GradeError as err:
-        raise GradeError(str(err) + "." + likely(got, mistakes, rtol=rtol, atol=atol)) from None
-    raise GradeError(f"{what}: differs from the expected result (NaN where a number was expected, or the reverse)."
-                     + likely(got, mistakes, rtol=rtol, atol=atol))
 
 
 def expect_int(got: Any, what: str) -> int:
