@@ -447,6 +447,7 @@ CHUNK_BYTES = 4 * 2**20  # quantize big matrices this many float32 bytes of rows
 # Rows above which dequantize-then-matmul beats the kernels (3072x768 here: at 16 rows the int8
 # kernel took 0.7 ms vs 1.1 ms for float32; at 64 rows 19 ms vs 4 ms)
 KERNEL_MAX_ROWS = 32
+DEQUANT_BLOCK_BYTES = CHUNK_BYTES  # the reference path dequantizes this many float bytes of weight rows at a time
 
 
 class QuantizedWeight(nn.Module):
@@ -695,6 +696,41 @@ class QuantizedWeight(nn.Module):
         # the int8 kernel reads rows 16 values at a time: other widths give garbage or crash (AVX-512 here)
         return int8_kernel_available() and self.in_features % 16 == 0
 
+    def _row_blocks(self, dtype: torch.dtype):
+        """(start, stop) of blocks of output rows, each at most ``DEQUANT_BLOCK_BYTES`` once dequantized."""
+        size = torch.empty((), dtype=dtype).element_size()
+        step = max(1, DEQUANT_BLOCK_BYTES // (size * self.in_features))
+        if self.layout != "plain":
+            step = max(_BLOCK, step // _BLOCK * _BLOCK)  # the int4 kernel layout packs rows in blocks of 64
+        return [(a, min(a + step, self.out_features)) for a in range(0, self.out_features, step)]
+
+    def _block_rows(self, a: int, b: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.rows(torch.arange(a, b, device=self.weight.device), dtype)  # (b - a, in)
+
+    def blockwise_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> ``x @ W.T`` (..., out), dequantizing a block of W's rows at a time.
+
+        Never holds a float copy of the whole weight: at most ``DEQUANT_BLOCK_BYTES`` of it,
+        freed before the next block. For a small weight (one block) it is the plain product.
+        """
+        blocks = self._row_blocks(x.dtype)
+        if len(blocks) == 1:
+            return x @ self.dequantize(x.dtype).T
+        out = x.new_empty(*x.shape[:-1], self.out_features)
+        for a, b in blocks:
+            out[..., a:b] = x @ self._block_rows(a, b, x.dtype).T
+        return out
+
+    def blockwise_matmul_t(self, g: torch.Tensor) -> torch.Tensor:
+        """g (..., out) -> ``g @ W`` (..., in), a block of W's rows at a time (the gradient of ``x @ W.T``)."""
+        blocks = self._row_blocks(g.dtype)
+        if len(blocks) == 1:
+            return g @ self.dequantize(g.dtype)
+        out = g.new_zeros(*g.shape[:-1], self.in_features)
+        for a, b in blocks:
+            out += g[..., a:b] @ self._block_rows(a, b, g.dtype)
+        return out
+
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> ``x @ W.T`` (..., out) in x's dtype; PyTorch's kernel when it applies, else the reference.
 
@@ -703,8 +739,10 @@ class QuantizedWeight(nn.Module):
         few rows (one token per sequence while generating); above ``KERNEL_MAX_ROWS`` rows
         the weight is dequantized once for a float32 matrix product instead.
         """
-        if not self.uses_kernel(x):
-            return x @ self.dequantize(x.dtype).T  # the reference path: (..., in) @ (in, out)
+        if not self.uses_kernel(x):  # the reference path: (..., in) @ (in, out), a block of rows at a time
+            if torch.is_grad_enabled() and x.requires_grad:
+                return QuantizedMatmul.apply(x, self)  # x gets its gradient; no float weight is kept for it
+            return self.blockwise_matmul(x)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # the kernels want (M, K) rows
         if x2.shape[0] > KERNEL_MAX_ROWS:
             # many rows at once (a prompt, an evaluation): the kernels, written for a few rows, are
@@ -726,6 +764,26 @@ class QuantizedWeight(nn.Module):
     def extra_repr(self) -> str:
         layout = "" if self.layout == "plain" else f", layout={self.layout}"
         return f"{self.in_features}, {self.out_features}, scheme={self.scheme}{layout}"
+
+
+class QuantizedMatmul(torch.autograd.Function):
+    """``x @ W.T`` for a quantized W when x needs a gradient (a LoRA adapter or a prompt being tuned upstream).
+
+    Autograd would keep the dequantized float W of every layer until ``backward`` (it needs W
+    for x's gradient): a quantized model would then cost more memory than the float one the
+    first time it is called outside ``torch.no_grad()``. This function keeps only the layer
+    (its integers) and dequantizes again, a block of rows at a time, when the gradient is asked
+    for. The quantized weight gets no gradient (it is a buffer); the bias is added outside.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: "QuantizedWeight") -> torch.Tensor:
+        ctx.layer = layer
+        return layer.blockwise_matmul(x)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        return ctx.layer.blockwise_matmul_t(grad_out), None
 
 
 class QuantLinear(QuantizedWeight):

@@ -494,7 +494,9 @@ def test_fast_path_equals_reference(scheme, n, shape):
     assert fast.shape == reference.shape == (*shape, n) and fast.dtype == torch.float32
     w = layer.dequantize()
     assert_one_bf16_rounding(fast, x, w, scheme)
-    torch.testing.assert_close(reference, x @ w.T, rtol=0, atol=0)  # the reference path is a plain product
+    # the reference path is a plain product, a block of weight rows at a time (blocks of other shapes may
+    # round the last bit differently from one big product)
+    torch.testing.assert_close(reference, x @ w.T, rtol=1e-6, atol=1e-6)
     # against float32 activations the bfloat16 roundings (input and output, <= 2**-8 each) stay small:
     # measured ||fast - reference|| / ||reference|| = 0.0017 .. 0.0025 for every scheme and shape
     assert relative_error(reference, fast) < 1e-2
