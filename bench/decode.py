@@ -24,6 +24,14 @@ repetition) so machine noise hits all three alike. Printed, as medians:
 All three must produce identical greedy tokens (the script exits with an error otherwise);
 max |Δ| of the prompt's last-position logits against transformers is printed too.
 
+llama.cpp, when ``llama-cpp-python`` is installed (``pip install -e '.[llama]'``: it compiles
+from source, about 15 minutes on 2 cores; not part of ``make setup``): the same weights written
+as an F32 GGUF file by the course's own exporter (``course_lib.export.to_gguf``, chapter 11),
+run by ``LlamaCpp`` with the same threads, greedy, timed in the same interleaved repetitions
+(its decode steps timed with its token callback). Its tokens are compared with transformers'
+and the agreement printed (float32 sums in another order can flip a near-tie of random
+weights). Without it the script says what is missing and prints no llama.cpp row.
+
 The memory-bandwidth ceiling. Generating one token multiplies one vector by every weight
 matrix, so each step reads all the weights from memory once (they are far larger than the
 caches) and does only 2 flops per weight read: the step is bound by memory bandwidth.
@@ -76,6 +84,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 NAMES = ("transformers", "course_lib", "course_lib fused")
+LLAMA = "llama.cpp f32"
 UNCHECKED = "course_lib fused, input checks off"
 
 
@@ -188,6 +197,7 @@ def main() -> None:
         ref = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
         ours = load_model(folder)
         fused = fuse(load_model(folder))  # a second copy, on PyTorch's fused kernels
+        llama = llama_cpp_runner(ours, Path(tmp), prompt, n, args.threads)
     pad = ref.config.eos_token_id
     for model in (ref, ours, fused):
         assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -208,6 +218,9 @@ def main() -> None:
             return fused.generate(prompt, n, eos_token_id=[], use_cache=True, stream=stamps)
 
     runners[UNCHECKED] = run_unchecked
+    names = NAMES + ((LLAMA,) if llama else ())
+    if llama:
+        runners[LLAMA] = llama
 
     # the same tokens, and how far the logits are apart
     with torch.inference_mode():
@@ -215,21 +228,23 @@ def main() -> None:
         logit_diff = {name: (model(prompt)[0, -1] - expected).abs().max().item()
                       for name, model in (("course_lib", ours), ("course_lib fused", fused))}
     tokens = {name: timed(run, n)[0] for name, run in runners.items()}  # also the warm-up
+    llama_tokens = tokens.pop(LLAMA, None)
     check_tokens(tokens, tokens["transformers"])
 
     buffer_mb = 512 if available_memory_bytes() >= 4 * 2**30 and not args.quick else 256
     big = torch.ones(buffer_mb * 2**20 // 4)  # touched: every page is really there
     big.sum()
     bandwidth = []  # bytes / second
-    everything = (*NAMES, UNCHECKED)
+    everything = (*names, UNCHECKED)
     results = {name: [] for name in everything}
     for r in range(repeats):  # interleaved, the order rotating
-        order = list(NAMES[r % 3:] + NAMES[:r % 3])
+        order = list(names[r % len(names):] + names[:r % len(names)])
         # the fused model with and without checks back to back (which first alternates): both meet the same load
         order.insert(order.index("course_lib fused") + r % 2, UNCHECKED)
         for name in order:
             got, t = timed(runners[name], n)
-            check_tokens({name: got}, tokens["transformers"])
+            if name != LLAMA:
+                check_tokens({name: got}, tokens["transformers"])
             results[name].append(t)
         sums = []
         for _ in range(3):
@@ -254,12 +269,16 @@ def main() -> None:
     print(f"tokens: identical in all three ({len(set(tokens['transformers']))} distinct among {n}); "
           f"max |Δ| of last-position prompt logits vs transformers: "
           + ", ".join(f"{k} {v:.1e}" for k, v in logit_diff.items()))
+    if llama_tokens is not None:
+        same = next((i for i, (a, b) in enumerate(zip(llama_tokens, tokens["transformers"])) if a != b), n)
+        print(f"llama.cpp f32 (the course's GGUF file of the same weights): "
+              + ("the same tokens" if same == n else f"the same first {same} of {n} new tokens"))
     print()
     print(f"{'':18}{'whole generate call':>34}{'prefill':>12}{'decode steps (after the 1st token)':>50}")
     print(f"{'':18}{'tok/s':>10}{'ms/token':>10}{'ratio':>14}{'ms':>12}{'tok/s':>10}{'ms/token':>10}{'ratio':>14}"
           f"{'of ceiling':>16}")
     ref_med = med["transformers"]
-    for name in NAMES:
+    for name in names:
         m = med[name]
         rate = n / m["total"]
         whole_ratio = ref_med["total"] / m["total"]
@@ -269,7 +288,7 @@ def main() -> None:
         print(f"{name:18}{rate:10.1f}{m['total'] / n * 1e3:10.1f}{ratio_text[0]:>14}{m['prefill'] * 1e3:12.1f}"
               f"{m['decode_rate']:10.1f}{1e3 / m['decode_rate']:10.1f}{ratio_text[1]:>14}"
               f"{m['decode_rate'] / ceiling:15.0%}")
-    print("ratio: transformers' time / this one's (> 1 means course_lib is faster)")
+    print("ratio: transformers' time / this one's (> 1: faster than transformers)")
     print()
     parts = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in per_token.items() if k != "total")
     print(f"bytes of weights read per token: {per_token['total'] / 1e6:.1f} MB ({parts} MB; float32); "
@@ -302,11 +321,35 @@ def main() -> None:
           f"steps {steps:.3f}x), fastest call {fastest:.3f}x; the pairs range over {min(whole_ratios):.3f} .. "
           f"{max(whole_ratios):.3f}: the machine's noise, coarser than the effect")
     print()
-    rate = {name: n / med[name]["total"] for name in NAMES}
+    rate = {name: n / med[name]["total"] for name in names}
     print(f"decode ({label}, batch 1, fp32, KV cache): transformers {rate['transformers']:.1f} tok/s, "
           f"course_lib {rate['course_lib']:.1f} ({rate['course_lib'] / rate['transformers']:.2f}x), "
           f"course_lib fused {rate['course_lib fused']:.1f} "
           f"({rate['course_lib fused'] / rate['transformers']:.2f}x); ceiling {ceiling:.1f} tok/s")
+    if llama:
+        steps = {name: med[name]["decode_rate"] for name in names}
+        print(f"llama.cpp f32: {rate[LLAMA]:.1f} tok/s whole call, {steps[LLAMA]:.1f} decode steps "
+              f"({steps[LLAMA] / ceiling:.0%} of the ceiling); course_lib fused / llama.cpp: whole call "
+              f"{rate['course_lib fused'] / rate[LLAMA]:.2f}x, decode steps {steps['course_lib fused'] / steps[LLAMA]:.2f}x "
+              f"(> 1: the course is faster)")
+
+
+def llama_cpp_runner(model, folder: Path, prompt: torch.Tensor, n: int, threads: int):
+    """A ``timed`` runner for llama.cpp on ``model``'s weights as an F32 GGUF file, or None (said why)."""
+    from course_lib.assets import asset_path
+    from course_lib.export.gguf_export import LLAMA_CPP_INSTALL, LlamaCpp, llama_cpp_available, to_gguf
+
+    if not llama_cpp_available():
+        print(f"llama.cpp: not installed, no llama.cpp row ({LLAMA_CPP_INSTALL})")
+        return None
+    # llama.cpp refuses a file without a vocabulary: the tiny GPT-2's (ids past it get [PAD<id>] entries)
+    path = to_gguf(model, folder / "gpt2-f32.gguf", "F32", tokenizer=asset_path("tiny-gpt2"))
+    runner = LlamaCpp(path, threads=threads, n_ctx=prompt.shape[1] + n + 8)
+
+    def run(stamps):
+        return torch.tensor([runner.generate_ids(prompt, n, stream=stamps)])
+
+    return run
 
 
 @contextlib.contextmanager

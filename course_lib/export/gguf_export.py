@@ -40,6 +40,7 @@ each metadata entry and tensor with its byte offset, for reading the format by h
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -643,6 +644,28 @@ def llama_cpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
+@contextlib.contextmanager
+def _llama_model_params(**fields):
+    """While it is open, llama-cpp-python's ``Llama`` starts from default model parameters with ``fields`` set
+    (its constructor takes no argument for them)."""
+    import llama_cpp.llama_cpp as low_level
+
+    default = low_level.llama_model_default_params
+
+    def patched():
+        params = default()
+        for name, value in fields.items():
+            if hasattr(params, name):  # a field an older llama.cpp lacks is left alone
+                setattr(params, name, value)
+        return params
+
+    low_level.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        low_level.llama_model_default_params = default
+
+
 class LlamaCpp:
     """A GGUF file in llama.cpp (through llama-cpp-python): greedy decoding and logits, for comparing with the course.
 
@@ -652,9 +675,16 @@ class LlamaCpp:
     end token (as ``generate_ids(..., eos_token_id=[])``). ``logits(ids)`` -> (T, vocab) float32
     numpy: llama.cpp's logits at every position of one sequence. ``stream(token)`` is called
     per new token. A ``ModuleNotFoundError`` naming the install when llama-cpp-python is absent.
+
+    ``repack``: let llama.cpp copy Q8_0/Q4_0 weights into its repacked CPU layouts ("extra buffer
+    types", faster matrix products). Off by default: with llama-cpp-python 0.3.36 built on an
+    AVX-512 Intel Xeon, evaluating any Q8_0 file with them on crashed the process (a segmentation
+    fault, also for a file llama.cpp quantized itself); without them the same files run and agree
+    with the course. F32 files are not repacked either way. Pass ``repack=True`` to measure
+    llama.cpp at its fastest where it works.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int = 1, n_ctx: int = 256):
+    def __init__(self, path: str | os.PathLike, threads: int = 1, n_ctx: int = 256, repack: bool = False):
         try:
             from llama_cpp import Llama
         except ModuleNotFoundError:
@@ -665,9 +695,10 @@ class LlamaCpp:
         if not any(m["key"] == "tokenizer.ggml.model" for m in read_gguf_layout(path)["metadata"]):
             raise ValueError(f"{path} holds no tokenizer, and llama.cpp refuses a model without a vocabulary: write it "
                              f"with to_gguf(..., tokenizer=<the model's folder or tokenizer.json>)")
-        self.path, self.n_ctx = path, n_ctx
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                         logits_all=True, verbose=False, seed=0)
+        self.path, self.n_ctx, self.repack = path, n_ctx, repack
+        with _llama_model_params(use_extra_bufts=repack):
+            self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                             logits_all=True, verbose=False, seed=0)
 
     def _check_length(self, n: int) -> None:
         if n > self.n_ctx:
