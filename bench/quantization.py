@@ -47,6 +47,15 @@ mean pooling, L2-normalised) of 64 lines of the course corpus's held-out split (
 with at least 6 words; 32 with ``--quick``); the mean and the minimum over sentences of the
 cosine between each scheme's embedding and float32's.
 
+llama.cpp, when ``llama-cpp-python`` is installed (an optional extra that compiles from source,
+``pip install -e '.[llama]'``; not part of ``make setup``): the same random weights written by the
+course's own GGUF exporter (``course_lib.export.to_gguf``, chapter 11) as F32, Q8_0 and Q4_0 files,
+run by ``LlamaCpp`` with the same threads in the same interleaved decode repetitions (its steps
+timed with its token callback); printed beside the course's float32 (fused and unfused), int8 and
+int4 (g32) with the ratios course / llama.cpp. ``LlamaCpp`` leaves llama.cpp's repacked Q8_0/Q4_0
+buffers off (they crashed llama-cpp-python 0.3.36 on an AVX-512 Xeon); ``--llama-repack`` turns
+them on. Without llama-cpp-python the script says so and prints no llama.cpp line.
+
 Then targets (the course's quality bars and chapter 07's) with PASS/FAIL. The script is a
 report: it exits 0 whether targets pass or not. ``--json PATH`` writes every number,
 repetitions included.
@@ -143,7 +152,29 @@ def load_memory(folder: Path, rows, rounds: int, threads: int, parallel: int = 1
     return runs
 
 
-def decode_speed(folder: Path, rows, n: int, repeats: int) -> tuple[dict, dict]:
+LLAMA_QTYPES = ("F32", "Q8_0", "Q4_0")
+
+
+def llama_cpp_runners(model, folder: Path, prompt: torch.Tensor, n: int, threads: int, repack: bool) -> dict:
+    """{"llama.cpp Q8_0": runner, ...} for ``decode_bench.timed``: ``model``'s weights in the course's GGUF
+    files, run by llama.cpp; {} (said why) without llama-cpp-python."""
+    from course_lib.assets import asset_path
+    from course_lib.export.gguf_export import LLAMA_CPP_INSTALL, LlamaCpp, llama_cpp_available, to_gguf
+
+    if not llama_cpp_available():
+        log(f"  llama.cpp: not installed, no llama.cpp rows ({LLAMA_CPP_INSTALL})")
+        return {}
+    runners = {}
+    for qtype in LLAMA_QTYPES:
+        # llama.cpp refuses a file without a vocabulary: the tiny GPT-2's (ids past it get [PAD<id>] entries)
+        path = to_gguf(model, folder / f"gpt2-{qtype}.gguf", qtype, tokenizer=asset_path("tiny-gpt2"))
+        llm = LlamaCpp(path, threads=threads, n_ctx=prompt.shape[1] + n + 8, repack=repack)
+        runners[f"llama.cpp {qtype}"] = (lambda stamps, r=llm: torch.tensor([r.generate_ids(prompt, n, stream=stamps)]))
+    return runners
+
+
+def decode_speed(folder: Path, rows, n: int, repeats: int, threads: int = 2,
+                 llama_repack: bool = False) -> tuple[dict, dict]:
     """Decode-step rates (and whole-call seconds) of every row, interleaved; model bytes too."""
     from transformers import GPT2LMHeadModel
     from transformers.utils import logging
@@ -171,9 +202,11 @@ def decode_speed(folder: Path, rows, n: int, repeats: int) -> tuple[dict, dict]:
 
     runners = {label: runner(model) for label, model in models.items()}
     runners[TRANSFORMERS] = run_ref
+    runners.update(llama_cpp_runners(models[UNFUSED], folder.parent, prompt, n, threads, llama_repack))
     names = list(runners)
     tokens = {name: decode_bench.timed(run, n)[0] for name, run in runners.items()}  # also the warm-up
-    same = {name: tokens[name] == tokens[TRANSFORMERS] for name in ("float32", UNFUSED)}
+    same = {name: tokens[name] == tokens[TRANSFORMERS] for name in ("float32", UNFUSED, "llama.cpp F32")
+            if name in tokens}
     results = {name: [] for name in names}
     for r in range(repeats):
         shift = r * len(names) // max(repeats, 1)  # rotate the order every repetition
@@ -266,6 +299,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="2 layers, 8 tokens, 5 rows: a smoke test")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every number here")
+    parser.add_argument("--llama-repack", action="store_true",
+                        help="let llama.cpp repack Q8_0/Q4_0 weights (crashed llama-cpp-python 0.3.36 on an AVX-512 Xeon)")
     args = parser.parse_args()
     n = args.tokens if args.tokens is not None else (8 if args.quick else 32)
     repeats = args.repeats if args.repeats is not None else (2 if args.quick else 7)
@@ -288,7 +323,7 @@ def main() -> None:
         log(f"load peak memory: {len(rows)} schemes x {mem_rounds} round(s), a fresh process each ...")
         memory = load_memory(folder, rows, mem_rounds, args.threads, parallel=2)
         log(f"decode: {len(rows) + 2} models x {repeats} repetition(s) of {n} tokens ...")
-        decode, nbytes = decode_speed(folder, rows, n, repeats)
+        decode, nbytes = decode_speed(folder, rows, n, repeats, args.threads, args.llama_repack)
     log("tiny GPT-2 perplexity and top-1 agreement ...")
     ids = heldout_ids(args.quick)
     tiny = tiny_gpt2_quality(rows, ids)
@@ -347,6 +382,16 @@ def main() -> None:
           f"unfused {'yes' if same[UNFUSED] else 'NO'}")
     print("decode tok/s: steps after the first new token; whole generate call (prefill included): "
           + ", ".join(f"{name} {whole[name]:.1f}" for name in [*labels, UNFUSED, TRANSFORMERS]))
+    llama = {name: value for name, value in rate.items() if name.startswith("llama.cpp")}
+    if llama:
+        int4_g32 = next(label for label in labels if label.startswith("int4 g32"))
+        pairs = (("float32", "llama.cpp F32"), (UNFUSED, "llama.cpp F32"), ("int8", "llama.cpp Q8_0"),
+                 (int4_g32, "llama.cpp Q4_0"))
+        print("llama.cpp, the course's GGUF files of the same weights, same repetitions, decode tok/s: "
+              + ", ".join(f"{name.removeprefix('llama.cpp ')} {value:.1f}" for name, value in llama.items())
+              + f"; F32 greedy tokens identical to transformers: {'yes' if same.get('llama.cpp F32') else 'NO'}")
+        print("course / llama.cpp, decode steps (> 1: the course is faster): " + ", ".join(
+            f"{ours} / {theirs.removeprefix('llama.cpp ')} {rate[ours] / rate[theirs]:.2f}x" for ours, theirs in pairs))
     print(f"float32 load: {f32['load']:.0f} MB peak increase for {nbytes['float32'] / 1e6:.0f} MB of parameters; "
           f"load_model seconds (median): "
           + ", ".join(f"{label} {median([m['load_s'] for m in memory[label]]):.1f}" for label in labels))
