@@ -150,14 +150,9 @@ def read_special_tokens(src) -> dict[str, str]:
     them); tokens set to ``null`` (Qwen's bos_token) are left out, so a template sees them undefined.
     These are the variables ``transformers`` passes to a chat template.
     """
-    folder = _folder_of(src)
-    settings: dict = {}
-    for filename in ("tokenizer_config.json", "special_tokens_map.json"):
-        path = folder / filename
-        if path.is_file():
-            values = _read_json(path)
-            if isinstance(values, dict):
-                settings.update(values)
+    from course_lib.tokenizer_loading import read_tokenizer_settings
+
+    settings = read_tokenizer_settings(_folder_of(src))  # the overlay load_tokenizer uses too
     tokens = {name: _token_content(settings.get(name)) for name in SPECIAL_TOKEN_NAMES}
     return {name: text for name, text in tokens.items() if text is not None}
 

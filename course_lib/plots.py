@@ -220,14 +220,15 @@ def plot_kv_cache_speedup(lengths: Sequence[int], seconds_with: Sequence[float],
 
 
 def plot_loss_curve(steps: Sequence[int], train_loss: Sequence[float], eval_steps: Sequence[int] | None = None,
-                    eval_loss: Sequence[float] | None = None, best_step: int | None = None, title: str = "training"):
+                    eval_loss: Sequence[float] | None = None, best_step: int | None = None, title: str = "training",
+                    train_label: str = "train (each batch, with dropout)"):
     """Chapters 06 and 08: training loss per step (and held-out loss where measured), in nats
     per token, with perplexity = e^loss on the right axis; ``best_step`` marks the weights
     kept. Returns nothing."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.plot(steps, train_loss, color="tab:blue", lw=0.6, alpha=0.7, label="train (each batch, with dropout)")
+    ax.plot(steps, train_loss, color="tab:blue", lw=0.6, alpha=0.7, label=train_label)
     if eval_steps is not None and eval_loss is not None:
         ax.plot(eval_steps, eval_loss, "o-", ms=3, color="tab:orange", label="held out")
     if best_step:

@@ -377,7 +377,7 @@ def write_text(path: Path, text: str) -> None:
     write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def plot_loss(log: dict, path: Path, title: str = "course tiny GPT-2: loss") -> bool:
+def plot_loss(log: dict, path: Path, title: str = "course tiny GPT-2: loss", dropout: float = 0.1) -> bool:
     """Save the loss curve (``plots.plot_loss_curve``) as a small PNG; returns False (and writes
     nothing) if it is 60 KB or more."""
     import io
@@ -389,7 +389,8 @@ def plot_loss(log: dict, path: Path, title: str = "course tiny GPT-2: loss") -> 
     from course_lib.plots import plot_loss_curve
 
     plot_loss_curve(log["step"], log["train_loss"], log["eval_step"], log["heldout_loss"],
-                    best_step=log["best_step"], title=title)
+                    best_step=log["best_step"], title=title,
+                    train_label="train (each batch, with dropout)" if dropout else "train (each batch)")
     fig = plt.gcf()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
@@ -620,7 +621,7 @@ def export(model: GPT2LMHeadModel | LlamaForCausalLM, tok, folder: str | os.Path
     })
     write_text(folder / "README.md", model_card(results))
     title = f"course {results.get('asset', 'tiny GPT-2')}: loss"
-    if not plot_loss(log, folder / "loss.png", title):
+    if not plot_loss(log, folder / "loss.png", title, results["settings"]["dropout"]):
         (folder / "loss.png").unlink(missing_ok=True)  # too big to ship: the notebook plots the log instead
     for path in folder.iterdir():  # temporary files are private (0600); the asset is for everyone to read
         if path.name in EXPORTED_FILES:
