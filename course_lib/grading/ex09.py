@@ -156,10 +156,12 @@ def _rotate_cases(rng: np.random.Generator) -> list:
 
 @exercise("ex09.rotate_half", points=1, reference="course_lib.rope.rotate_half",
           hints=(
-              "Pair i is features i and i + D/2. Turning (a, b) by 90 degrees gives (-b, a): the new first half "
-              "is the old second half, negated, and the new second half is the old first half.",
-              "Slice the last dimension with `...` so that any number of leading dimensions works: "
-              "`x[..., :half]` and `x[..., half:]`; `torch.cat((..., ...), dim=-1)` joins two halves again.",
+              "Write the rotation formula for one pair (a, b) = (x[i], x[i + D/2]) and match it term by term with "
+              "x * cos + rotate_half(x) * sin: the terms multiplied by sin say what rotate_half must hold at "
+              "feature i and at feature i + D/2.",
+              "At feature i the sin term is -b (minus the second half's value), at feature i + D/2 it is +a. Slice the "
+              "last dimension with `...` (`x[..., :half]`, `x[..., half:]`) so any leading dimensions work, and join "
+              "two halves with `torch.cat(..., dim=-1)`.",
               "Try it by hand on [1, 2, 3, 4]: the pairs are (1, 3) and (2, 4), and a 90-degree turn makes "
               "(1, 3) into (-3, 1). Raise the ValueError before slicing when the last dimension is odd.",
           ))
