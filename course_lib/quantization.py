@@ -699,6 +699,8 @@ class QuantizedWeight(nn.Module):
     def _row_blocks(self, dtype: torch.dtype):
         """(start, stop) of blocks of output rows, each at most ``DEQUANT_BLOCK_BYTES`` once dequantized."""
         size = torch.empty((), dtype=dtype).element_size()
+        if self.layout != "plain":
+            size = max(size, 8)  # unpacking rows of the int4 kernel layout gathers with an int64 index per value
         step = max(1, DEQUANT_BLOCK_BYTES // (size * self.in_features))
         if self.layout != "plain":
             step = max(_BLOCK, step // _BLOCK * _BLOCK)  # the int4 kernel layout packs rows in blocks of 64

@@ -7,7 +7,8 @@ backward pass: an int8 model's first forward peaked above the float32 model's. E
 a fresh process (peak resident memory is per process) on a GPT-2-shaped checkpoint with 124M's
 width and vocabulary and 4 layers (random weights, 69M parameters, 276 MB in float32), and
 measures the growth of the peak resident memory from just before ``load_model`` to the end of
-one forward pass of one token, with gradients on. Bar: int8 and int4 at most 60 % of float32's.
+one forward pass of one token, with gradients on (the median of 3 processes). Bar: int8 and int4 at most
+60 % of float32's.
 """
 
 from __future__ import annotations
@@ -62,11 +63,16 @@ def checkpoint(tmp_path_factory):
     return folder
 
 
-def measure(folder, quantize: str | None, no_grad: bool = False) -> dict:
-    result = subprocess.run([sys.executable, "-c", MEASURE, str(folder), quantize or "", "1" if no_grad else "0"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def measure(folder, quantize: str | None, no_grad: bool = False, runs: int = 3) -> dict:
+    """The measurement in ``runs`` fresh processes; the run with the median peak (the C allocator's reuse of
+    freed blocks, and a busy machine, move a single peak by tens of MB)."""
+    results = []
+    for _ in range(runs):
+        result = subprocess.run([sys.executable, "-c", MEASURE, str(folder), quantize or "", "1" if no_grad else "0"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    return sorted(results, key=lambda r: r["peak"])[len(results) // 2]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +95,7 @@ def test_first_forward_in_grad_mode_costs_at_most_60_percent_of_float32(checkpoi
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_grad_mode_gives_no_grad_numbers(checkpoint):
     """The same logits with and without gradients (the reference path in both, int8 here)."""
-    with_grad, without = measure(checkpoint, "int8"), measure(checkpoint, "int8", no_grad=True)
+    with_grad, without = measure(checkpoint, "int8", runs=1), measure(checkpoint, "int8", no_grad=True, runs=1)
     assert with_grad["requires_grad"] and not without["requires_grad"]
     assert abs(with_grad["logit"] - without["logit"]) <= 1e-2 * max(1.0, abs(without["logit"]))
 
