@@ -1,7 +1,7 @@
 """Decode benchmark: GPT-2 generation speed, course_lib vs transformers, same weights, same run.
 
     .venv/bin/python bench/decode.py [--tokens 64] [--repeats 7] [--threads 2] [--prompt-len 16] [--ab-steps 150]
-                                     [--quick]
+                                     [--quick] [--json bench/results/decode-1.json]
 
 Model: transformers' ``GPT2Config()`` (gpt2, 124M: 12 layers, 768 wide, vocabulary 50257) with
 random weights, made once (seeded) by transformers and written with ``save_pretrained`` into a
@@ -10,9 +10,11 @@ same weights. Batch 1, float32, CPU, KV cache on, greedy, a fixed prompt of ``--
 random token ids, exactly ``--tokens`` new tokens (no early stop). Three ways to generate:
 
 - transformers: ``GPT2LMHeadModel.from_pretrained(folder).generate(...)`` under ``torch.inference_mode()``;
-- course_lib: ``model.generate(...)``, chapter 02's layers as written, from primitive ops;
-- course_lib fused: a second loaded copy after ``course_lib.fused.fuse`` (PyTorch's fused kernels,
-  oneDNN's linear for the matrix-vector products of one token at a time).
+- course default: ``load_model(folder)`` then ``model.generate(...)``: the path every user takes
+  (``course_lib.fused.speed_up``: PyTorch's fused kernels, float weights stored in the layout this
+  CPU reads fastest for one token at a time, measured once per process: ``matvec_layout``);
+- course teaching: ``load_model(folder, fast=False)``, chapter 02's layers as written, from
+  primitive ops (what the notebooks show).
 
 Each is warmed up once, then the repetitions are interleaved (the order rotates every
 repetition) so machine noise hits all three alike. Printed, as medians:
@@ -47,12 +49,12 @@ implementation's decode-step rate is shown as a fraction of it.
 
 What the input checks cost. ``GPT2Model.check_inputs`` runs on every forward call (on
 decoding steps only the checks that read metadata) and ``generate_ids`` checks its arguments
-and the prompt once per call. Measured in the same run, two ways, on course_lib fused (the
-fastest path, where a fixed cost weighs most):
+and the prompt once per call. Measured in the same run, two ways, on the course's default path (the
+fastest, where a fixed cost weighs most):
 
-- with vs without: a fourth runner, the same fused model with every check switched off
+- with vs without: a fourth runner, the same default model with every check switched off
   (``check_inputs`` replaced on the instance, ``check_generate_inputs`` patched out), runs
-  right before or after the fused one in every repetition (the order alternates), so each
+  right before or after the default one in every repetition (the order alternates), so each
   pair meets the same machine load; the median over the pairs of (time with checks / time
   without) is printed for the whole call and for the decode steps, with the pairs' range.
   1.000 = no cost; the range shows the machine's noise;
@@ -83,9 +85,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-NAMES = ("transformers", "course_lib", "course_lib fused")
+TEACHING, DEFAULT = "course teaching", "course default"
+NAMES = ("transformers", TEACHING, DEFAULT)
 LLAMA = "llama.cpp f32"
-UNCHECKED = "course_lib fused, input checks off"
+UNCHECKED = "course default, input checks off"
 
 
 def available_memory_bytes() -> int:
@@ -168,6 +171,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="2 layers, 8 tokens, 3 repetitions: a smoke test")
+    parser.add_argument("--json", default=None, help="also write the medians and ratios to this JSON file")
     parser.add_argument("--ab-steps", type=int, default=None,
                         help="decoding steps timed with and as many without the input checks (default 150; --quick 20)")
     args = parser.parse_args()
@@ -185,7 +189,7 @@ def main() -> None:
     from transformers.utils import logging
 
     from course_lib import load_model
-    from course_lib.fused import fuse
+    from course_lib.fused import matvec_layout_report
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
@@ -195,8 +199,8 @@ def main() -> None:
         folder = Path(tmp) / "gpt2-random"
         make_checkpoint(folder, layers)
         ref = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
-        ours = load_model(folder)
-        fused = fuse(load_model(folder))  # a second copy, on PyTorch's fused kernels
+        ours = load_model(folder, fast=False)  # the teaching path
+        fused = load_model(folder)  # a second copy, the default (fast) path
         llama = llama_cpp_runner(ours, Path(tmp), prompt, n, args.threads)
     pad = ref.config.eos_token_id
     for model in (ref, ours, fused):
@@ -209,8 +213,8 @@ def main() -> None:
 
     runners = {
         "transformers": run_ref,
-        "course_lib": lambda stamps: ours.generate(prompt, n, eos_token_id=[], use_cache=True, stream=stamps),
-        "course_lib fused": lambda stamps: fused.generate(prompt, n, eos_token_id=[], use_cache=True, stream=stamps),
+        TEACHING: lambda stamps: ours.generate(prompt, n, eos_token_id=[], use_cache=True, stream=stamps),
+        DEFAULT: lambda stamps: fused.generate(prompt, n, eos_token_id=[], use_cache=True, stream=stamps),
     }
 
     def run_unchecked(stamps):
@@ -226,7 +230,7 @@ def main() -> None:
     with torch.inference_mode():
         expected = ref(prompt).logits[0, -1]
         logit_diff = {name: (model(prompt)[0, -1] - expected).abs().max().item()
-                      for name, model in (("course_lib", ours), ("course_lib fused", fused))}
+                      for name, model in ((TEACHING, ours), (DEFAULT, fused))}
     tokens = {name: timed(run, n)[0] for name, run in runners.items()}  # also the warm-up
     llama_tokens = tokens.pop(LLAMA, None)
     check_tokens(tokens, tokens["transformers"])
@@ -239,8 +243,8 @@ def main() -> None:
     results = {name: [] for name in everything}
     for r in range(repeats):  # interleaved, the order rotating
         order = list(names[r % len(names):] + names[:r % len(names)])
-        # the fused model with and without checks back to back (which first alternates): both meet the same load
-        order.insert(order.index("course_lib fused") + r % 2, UNCHECKED)
+        # the default model with and without checks back to back (which first alternates): both meet the same load
+        order.insert(order.index(DEFAULT) + r % 2, UNCHECKED)
         for name in order:
             got, t = timed(runners[name], n)
             if name != LLAMA:
@@ -298,8 +302,8 @@ def main() -> None:
     print(f"memory-bandwidth ceiling: {bw / 1e9:.1f} GB/s / {per_token['total'] / 1e6:.1f} MB = {ceiling:.1f} tokens/s "
           f"({1e3 / ceiling:.1f} ms/token)")
     print()
-    checked = med["course_lib fused"]
-    pairs = list(zip(results["course_lib fused"], results[UNCHECKED]))  # (with, without), run back to back
+    checked = med[DEFAULT]
+    pairs = list(zip(results[DEFAULT], results[UNCHECKED]))  # (with, without), run back to back
     whole_ratios = [a["total"] / b["total"] for a, b in pairs]
     step_ratios = [b["decode_rate"] / a["decode_rate"] for a, b in pairs]  # time per step with / without
     whole, steps = statistics.median(whole_ratios), statistics.median(step_ratios)
@@ -307,9 +311,9 @@ def main() -> None:
     steps_ab = interleaved_decode_steps(fused, prompt, args.ab_steps)
     step_with, step_without = (statistics.median(steps_ab[on]) for on in (True, False))
     per_call = costs["call"] + costs["prompt"] + (n - 1) * costs["step"]
-    fastest = min(t["total"] for t in results["course_lib fused"]) / min(t["total"] for t in results[UNCHECKED])
+    fastest = min(t["total"] for t in results[DEFAULT]) / min(t["total"] for t in results[UNCHECKED])
     low_with, low_without = min(steps_ab[True]), min(steps_ab[False])
-    print("input validation (course_lib fused, this run; time with the checks / time without, 1.000 = no cost):")
+    print("input validation (course default, this run; time with the checks / time without, 1.000 = no cost):")
     print(f"  the checks alone: {costs['step'] * 1e6:.1f} us per decode step (metadata only), "
           f"{costs['prompt'] * 1e6:.1f} us at the prompt ({P} tokens: + the ids' range), "
           f"{costs['call'] * 1e6:.1f} us per call (arguments, prompt): {per_call * 1e6:.0f} us per generate call = "
@@ -322,16 +326,44 @@ def main() -> None:
           f"{max(whole_ratios):.3f}: the machine's noise, coarser than the effect")
     print()
     rate = {name: n / med[name]["total"] for name in names}
+    steps = {name: med[name]["decode_rate"] for name in names}
     print(f"decode ({label}, batch 1, fp32, KV cache): transformers {rate['transformers']:.1f} tok/s, "
-          f"course_lib {rate['course_lib']:.1f} ({rate['course_lib'] / rate['transformers']:.2f}x), "
-          f"course_lib fused {rate['course_lib fused']:.1f} "
-          f"({rate['course_lib fused'] / rate['transformers']:.2f}x); ceiling {ceiling:.1f} tok/s")
+          f"course teaching {rate[TEACHING]:.1f} ({rate[TEACHING] / rate['transformers']:.2f}x), "
+          f"course default {rate[DEFAULT]:.1f} ({rate[DEFAULT] / rate['transformers']:.2f}x); "
+          f"ceiling {ceiling:.1f} tok/s")
+    print(f"course default path: float weights stored as {matvec_layout_report()}")
     if llama:
-        steps = {name: med[name]["decode_rate"] for name in names}
         print(f"llama.cpp f32: {rate[LLAMA]:.1f} tok/s whole call, {steps[LLAMA]:.1f} decode steps "
-              f"({steps[LLAMA] / ceiling:.0%} of the ceiling); course_lib fused / llama.cpp: whole call "
-              f"{rate['course_lib fused'] / rate[LLAMA]:.2f}x, decode steps {steps['course_lib fused'] / steps[LLAMA]:.2f}x "
+              f"({steps[LLAMA] / ceiling:.0%} of the ceiling); course default / llama.cpp: whole call "
+              f"{rate[DEFAULT] / rate[LLAMA]:.2f}x, decode steps {steps[DEFAULT] / steps[LLAMA]:.2f}x "
               f"(> 1: the course is faster)")
+    if args.json:
+        write_json(args.json, {
+            "benchmark": "decode", "machine": machine(), "model": label,
+            "settings": {"prompt_tokens": P, "new_tokens": n, "repetitions": repeats, "batch": 1, "dtype": "float32"},
+            "bandwidth_gb_s": bw / 1e9, "ceiling_tok_s": ceiling, "course_default_layout": matvec_layout_report(),
+            "engines": {name: {"whole_call_tok_s": rate[name], "decode_tok_s": steps[name],
+                               "prefill_ms": med[name]["prefill"] * 1e3, "share_of_ceiling": steps[name] / ceiling}
+                        for name in names},
+            "ratios": {"default_vs_transformers": steps[DEFAULT] / steps["transformers"],
+                       "teaching_vs_transformers": steps[TEACHING] / steps["transformers"],
+                       **({"default_vs_llama_cpp": steps[DEFAULT] / steps[LLAMA]} if llama else {})}})
+
+
+def machine() -> dict:
+    """The machine a measurement was taken on: CPU, threads, torch version, date."""
+    import datetime
+
+    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "date": datetime.date.today().isoformat()}
+
+
+def write_json(path, data: dict) -> None:
+    import json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+    print(f"results written to {path}")
 
 
 def llama_cpp_runner(model, folder: Path, prompt: torch.Tensor, n: int, threads: int):

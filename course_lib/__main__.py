@@ -20,12 +20,11 @@ DEFAULT_MODEL = "tiny-gpt2"
 
 
 def _load(model_name: str, device: str | None):
-    """The model (fused kernels) and its tokenizer."""
-    from course_lib.fused import fuse
+    """The model (``load_model``'s default: the fastest path) and its tokenizer."""
     from course_lib.loading import load_model
     from course_lib.tokenizer_loading import load_tokenizer
 
-    return fuse(load_model(model_name, task="causal-lm", device=device)), load_tokenizer(model_name)
+    return load_model(model_name, task="causal-lm", device=device), load_tokenizer(model_name)
 
 
 def _generate(args: argparse.Namespace, model, tokenizer) -> None:

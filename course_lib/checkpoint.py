@@ -607,7 +607,7 @@ def _provides(target: str, renamed: dict[str, str], transform) -> bool:
 # Filling a model
 
 def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, dtype: torch.dtype | None = None,
-               device=None, source: str = "the checkpoint") -> nn.Module:
+               device=None, source: str = "the checkpoint", columns: frozenset[str] = frozenset()) -> nn.Module:
     """Copy every tensor ``report.loaded`` names from ``reader`` into ``model``, one at a time.
 
     Each tensor is shape-checked, transposed if the file stores it the other way round
@@ -619,6 +619,9 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
     quantized layer (``course_lib.quantization``) instead quantizes its float weight while
     reading it (``fill_from_checkpoint``). Keys in ``report.mismatched`` are left as they
     are (strict loading refuses them before this; ``strict=False`` keeps their random init).
+    ``columns``: our keys of (out, in) weights to store column by column (a view of a
+    contiguous (in, out) tensor, ``course_lib.fused.speed_up``'s layout): a Conv1D weight,
+    stored that way in the file, then needs no transposed copy at all.
     """
     mismatched = {ours for ours, *_ in report.mismatched}
     check_dtypes(model, reader, report, dtype, source)
@@ -632,26 +635,49 @@ def load_state(model: nn.Module, reader: CheckpointReader, report: LoadReport, d
             # a quantized layer (chapter 07) reads and quantizes its float weight block by block
             module.fill_from_checkpoint(reader, key, transposed)
             continue
-        # a transposed weight is copied anyway: read it with plain reads, so its file pages are not kept mapped
-        tensor = reader.read_rows(key, 0, reader.shape(key)[0]) if transposed else reader.get(key)
+        as_columns = ours in columns
+        copied = transposed != as_columns  # the file's rows become the tensor's columns: a transposed copy
+        shape = tuple(reader.shape(key))
         is_param = name in module._parameters
         expected = tuple(getattr(module, name).shape)
-        if tuple(tensor.shape)[::-1 if transposed else 1] != expected:  # match_keys checked the header
-            raise StateDictMismatchError(f"{source}: tensor {key!r} has shape {tuple(tensor.shape)}, the model's "
+        if shape[::-1 if transposed else 1] != expected:  # match_keys checked the header
+            raise StateDictMismatchError(f"{source}: tensor {key!r} has shape {shape}, the model's "
                                          f"{ours!r} needs {expected[::-1 if transposed else 1]}", report)
         # parameters take the wanted dtype; buffers keep the one the model declares (quantized scales stay
         # bfloat16); an integer buffer (a quantized weight) has exactly its dtype in the file (check_dtypes)
         declared = getattr(module, name).dtype
         target = dtype if is_param and dtype is not None and declared.is_floating_point else declared
-        if transposed:  # (in, out) -> (out, in), converted and made contiguous in one copy: fast kernels want rows
-            tensor = torch.empty(tuple(tensor.shape)[::-1], dtype=target).copy_(tensor.T)
+        if copied:  # transposed into a contiguous tensor, converted on the way, a block of the file's rows at a time
+            tensor = _read_transposed(reader, key, target)
+        elif as_columns:  # stored (in, out) in the file, as wanted: plain reads, so its pages are not kept mapped
+            tensor = reader.read_rows(key, 0, shape[0]).to(target)
         else:
-            tensor = tensor.to(target)  # no copy when the dtype is already right
+            tensor = reader.get(key).to(target)  # memory-mapped: no copy when the dtype is already right
+        if as_columns:  # (in, out) contiguous, seen as the (out, in) weight
+            tensor = tensor.T
         assign_tensor(model, ours, tensor.to(device) if device is not None else tensor)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     release_freed_memory()
     return model
+
+
+TRANSPOSE_BLOCK_BYTES = 8 * 2**20
+
+
+def _read_transposed(reader: CheckpointReader, key: str, dtype: torch.dtype) -> torch.Tensor:
+    """Tensor ``key`` (R, C) of the file as a new contiguous (C, R) tensor of ``dtype``.
+
+    Read ``TRANSPOSE_BLOCK_BYTES`` of rows at a time with plain file reads: the copy is all the
+    memory it takes (a whole read first, then the copy, would hold the weight twice).
+    """
+    rows, cols = reader.shape(key)
+    out = torch.empty((cols, rows), dtype=dtype)
+    step = max(1, TRANSPOSE_BLOCK_BYTES // max(1, cols * reader.dtype(key).itemsize))
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        out[:, start:stop] = reader.read_rows(key, start, stop).T
+    return out
 
 
 def _quantizes_on_read(module: nn.Module, name: str, file_dtype: torch.dtype) -> bool:

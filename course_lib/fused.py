@@ -17,11 +17,24 @@ difference between our encoder and ``transformers`` (``bench/encoder.py``).
 
 The results equal the reference path to float32 rounding (``tests/test_fused.py``).
 ``unfuse(model)`` switches back. The notebooks teach and compare with the reference path.
+
+``speed_up(model)`` is what ``load_model`` does by default (``fast=True``): ``fuse`` plus the
+weight layout that makes one token's matrix-vector products fastest on this CPU. Generating
+one token reads every weight once, and how fast a product streams an ``(out, in)`` matrix
+depends on how it is stored: as rows (the checkpoint's layout, read by oneDNN's kernel) or as
+columns (stored ``(in, out)``, exposed as the transposed view, so ``weight`` still has the
+shape and values it had: same ``state_dict``, same names). On the course's AMD EPYC machine
+oneDNN on rows was faster; on an Intel Xeon the BLAS product on columns was (GPT-2 124M
+decode 37 -> 45 tokens/s). ``matvec_layout`` measures it once per process on the model's
+largest weight. ``load_model(..., fast=False)`` keeps chapter 02's layers, as the notebooks
+that teach them show.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +62,15 @@ class FusedLinear(layers.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        if (_ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and w.is_contiguous()
-                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
-            return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "none", [], "")
-        return F.linear(x, w, self.bias)
+        return fused_linear(x, self.weight, self.bias)
+
+
+def fused_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ w.T + bias`` by oneDNN's kernel for a float32 weight stored as rows (no gradient), else ``F.linear``."""
+    if (_ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and w.is_contiguous()
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
+        return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+    return F.linear(x, w, bias)
 
 
 class FusedLayerNorm(layers.LayerNorm):
@@ -138,3 +155,128 @@ def unfuse(model: nn.Module) -> nn.Module:
 def is_fused(model: nn.Module) -> bool:
     """True when any layer of ``model`` runs a fused kernel."""
     return any(type(m) in FUSED_CLASSES.values() for m in model.modules())
+
+
+# --------------------------------------------------------------------------------------
+# The weight layout for one-token products, measured on this machine
+
+LAYOUT_VARIABLE = "COURSE_MATVEC_LAYOUT"  # "rows" or "columns": use it instead of measuring
+LAYOUTS = ("rows", "columns")
+MEASURE_MIN_ELEMENTS = 4 * 2**20  # smaller weights sit in the caches: nothing to learn, and no time to lose
+_measured: dict[str, object] = {}  # the one measurement of this process (``matvec_layout``)
+
+
+def as_columns(weight: torch.Tensor) -> torch.Tensor:
+    """The same (out, in) values stored column by column: a view of a contiguous (in, out) tensor."""
+    return weight if weight.t().is_contiguous() else weight.t().contiguous().t()
+
+
+def weight_layout(weight: torch.Tensor) -> str | None:
+    """``"rows"`` (contiguous (out, in)), ``"columns"`` (a view of contiguous (in, out)) or None (neither)."""
+    if weight.is_contiguous():
+        return "rows"
+    return "columns" if weight.t().is_contiguous() else None
+
+
+def _time_products(weight: torch.Tensor, repeats: int = 5) -> dict[str, float]:
+    """Fastest of ``repeats`` one-row products with ``weight`` stored as rows (the fused kernel) and as columns."""
+    x = torch.randn(1, weight.shape[1], dtype=weight.dtype)
+    stored = {"rows": weight.contiguous(), "columns": as_columns(weight)}
+    times = {name: [] for name in LAYOUTS}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name, w in stored.items():
+                start = time.perf_counter()
+                fused_linear(x, w)  # the kernel a fused layer runs
+                times[name].append(time.perf_counter() - start)
+    return {name: min(t[1:]) for name, t in times.items()}  # the first call of each warms up
+
+
+def matvec_layout(weight: torch.Tensor | None = None, shape: tuple[int, int] | None = None) -> str:
+    """``"rows"`` or ``"columns"``: how to store float32 weights for fast one-token products on this CPU.
+
+    ``COURSE_MATVEC_LAYOUT=rows|columns`` decides without measuring. Otherwise the first call
+    with a weight of at least ``MEASURE_MIN_ELEMENTS`` values times one-row products with it
+    stored both ways (a few milliseconds) and keeps the answer for the process; rows win only
+    when clearly faster (by 10 %). Before that, and for small weights: columns. With only a
+    ``shape`` (a model about to be loaded), a random float32 weight of that shape is measured.
+    ``matvec_layout_report()`` says what was measured.
+    """
+    chosen = os.environ.get(LAYOUT_VARIABLE)
+    if chosen is not None:
+        if chosen not in LAYOUTS:
+            raise ValueError(f"{LAYOUT_VARIABLE}={chosen!r}: use 'rows' or 'columns', or unset it to measure")
+        return chosen
+    if "layout" in _measured:
+        return _measured["layout"]
+    if weight is None and shape is not None and shape[0] * shape[1] >= MEASURE_MIN_ELEMENTS:
+        weight = torch.randn(shape)
+    if weight is None or weight.numel() < MEASURE_MIN_ELEMENTS or weight.device.type != "cpu":
+        return "columns"
+    seconds = _time_products(weight.detach())
+    _measured.update(seconds=seconds, shape=tuple(weight.shape), threads=torch.get_num_threads(),
+                     layout="rows" if seconds["rows"] < 0.9 * seconds["columns"] else "columns")
+    return _measured["layout"]
+
+
+def matvec_layout_report() -> str:
+    """One line: the layout ``speed_up`` chose in this process and why."""
+    chosen = os.environ.get(LAYOUT_VARIABLE)
+    if chosen is not None:
+        return f"{chosen} (set by {LAYOUT_VARIABLE})"
+    if "layout" not in _measured:
+        return "columns (not measured yet: no weight large enough)"
+    s = _measured["seconds"]
+    return (f"{_measured['layout']} (measured on a {_measured['shape'][0]}x{_measured['shape'][1]} weight, "
+            f"{_measured['threads']} threads: rows {s['rows'] * 1e3:.2f} ms, columns {s['columns'] * 1e3:.2f} ms)")
+
+
+def _float_linears(model: nn.Module, device: str = "cpu") -> list[layers.Linear]:
+    """The float32 ``Linear`` layers on ``device`` (the layouts were measured for float32 weights)."""
+    return [m for m in model.modules() if isinstance(m, layers.Linear) and m.weight.dim() == 2
+            and m.weight.dtype == torch.float32 and m.weight.device.type == device]
+
+
+def column_keys(model: nn.Module, dtype: torch.dtype | None = None) -> frozenset[str]:
+    """The parameter names ``speed_up`` will store as columns, for a model about to be loaded on the CPU.
+
+    ``model`` holds only shapes (``meta`` tensors). ``load_state`` then writes those weights
+    column by column as it reads them, so ``speed_up`` has nothing left to copy: a GPT-2
+    Conv1D weight, stored (in, out) in the file, is used as it is read. A tied weight is
+    named by its source too (GPT-2's ``lm_head.weight`` is read as ``transformer.wte.weight``).
+    ``dtype``: the one the weights are loaded in; only float32 weights change layout.
+    """
+    if dtype not in (None, torch.float32):
+        return frozenset()
+    linears = {name: m for name, m in model.named_modules() if m in set(_float_linears(model, "meta"))}
+    if not linears:
+        return frozenset()
+    largest = max(linears.values(), key=lambda m: m.weight.numel())
+    if matvec_layout(shape=tuple(largest.weight.shape)) != "columns":
+        return frozenset()
+    names = {f"{name}.weight" for name in linears}
+    names |= {source for tied, source in getattr(model, "tied_weights", {}).items() if tied in names}
+    return frozenset(names)
+
+
+def speed_up(model: nn.Module) -> nn.Module:
+    """The fastest path this course has for ``model`` on its device, in place; returns ``model``.
+
+    ``fuse`` (PyTorch's fused kernels), then, on the CPU, every float ``Linear`` weight stored
+    in the layout ``matvec_layout`` picks for this machine. Same parameters, names, shapes and
+    values; results equal chapter 02's layers to float32 rounding. ``load_model`` calls it
+    unless ``fast=False``. Tied weights (GPT-2's ``lm_head`` and ``wte``) stay one tensor.
+    """
+    fuse(model)
+    linears = _float_linears(model)
+    if not linears:
+        return model
+    layout = matvec_layout(max((m.weight for m in linears), key=lambda w: w.numel()))
+    done = set()
+    for m in linears:
+        if id(m.weight) in done:
+            continue
+        done.add(id(m.weight))
+        if weight_layout(m.weight) != layout:
+            m.weight.data = as_columns(m.weight.data) if layout == "columns" else m.weight.data.contiguous()
+    return model

@@ -218,7 +218,7 @@ def _head_hint(model: CourseModel, report: LoadReport, config: PretrainedConfig,
 
 def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=None, quantize: str | None = None,
                *, revision: str | None = None, strict: bool = True, num_labels: int | None = None,
-               id2label: dict[int, str] | list[str] | None = None) -> CourseModel:
+               id2label: dict[int, str] | list[str] | None = None, fast: bool = True) -> CourseModel:
     """Our model for ``src`` with its published weights, in eval mode.
 
     ``src``: a Hub id (``"roberta-base"``, ``"sentence-transformers/all-MiniLM-L6-v2"``), a
@@ -243,6 +243,10 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
     ``strict``: refuse any missing, unexpected or wrongly shaped key (default). With
     ``strict=False`` missing parameters keep a random init and the problems are only
     reported in ``model.load_report``.
+    ``fast``: ``True`` (default) runs the fastest path the course has for the device
+    (``course_lib.fused.speed_up``: PyTorch's fused kernels, weights stored as this CPU reads
+    them fastest); ``False`` keeps chapter 02's layers as written, step by step: the teaching
+    path, which the notebooks show. Both give the same results to float32 rounding.
     The report of what was loaded, renamed and skipped is ``model.load_report``; the folder the
     files were read from is ``model.source_folder`` (``classify_image`` finds the image model's
     ``preprocessor_config.json`` there).
@@ -256,13 +260,15 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
     if dtype != "auto":
         resolve_dtype(dtype, None)  # raises for a bad dtype before anything is downloaded
     check_device(device)
+    if not isinstance(fast, bool):
+        raise TypeError(f"fast must be True (the fastest path) or False (chapter 02's layers), got {fast!r}")
     scheme = _quantize_scheme(quantize)
     if str(src).endswith(".gguf") and Path(src).is_file():  # llama.cpp's single file (chapter 11)
         if task not in ("auto", "causal-lm"):
             raise ValueError(f"{src} is a GGUF file: it holds a causal language model; use task='auto' or 'causal-lm'")
         from course_lib.export.gguf_export import load_gguf_model
 
-        return load_gguf_model(src, dtype=dtype, device=device, quantize=quantize)
+        return _fast_or_not(load_gguf_model(src, dtype=dtype, device=device, quantize=quantize), fast)
     folder = model_folder(src, revision)
     recover_folder(folder)  # a save killed halfway: finish it or remove its temporary files
     config = read_config(folder)
@@ -308,7 +314,13 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
             # quantize while loading: the layers are swapped now (still without data) and each
             # one quantizes its weight block by block as it is read; float32 is never whole
             quantization.quantize_model(model, scheme)
-        load_state(model, reader, report, dtype=dtype, device=None if scheme or saved else device, source=source)
+        columns = frozenset()
+        if fast and (device is None or torch.device(device).type == "cpu"):  # speed_up's layout, written as read
+            from course_lib.fused import column_keys
+
+            columns = column_keys(model, dtype)
+        load_state(model, reader, report, dtype=dtype, device=None if scheme or saved else device, source=source,
+                   columns=columns)
         if new_head:
             init_new_head(model, new_head, dtype, device if strict else None)
     if scheme is not None or saved is not None:
@@ -324,4 +336,12 @@ def load_model(src: str | os.PathLike, task: str = "auto", dtype=None, device=No
             f"load_model(strict=False): {source} did not fill {cls.__name__} (task={task!r}) completely: "
             f"{report.counts()}; model.load_report.summary() lists every key. The random parts compute "
             f"nonsense until trained"), stacklevel=2)
-    return model.eval()
+    return _fast_or_not(model.eval(), fast)
+
+
+def _fast_or_not(model, fast: bool):
+    if fast:
+        from course_lib.fused import speed_up
+
+        speed_up(model)
+    return model

@@ -390,7 +390,8 @@ def find_lora_targets(model: nn.Module, target_modules: tuple[str, ...] | str,
         if not name or _inside(name, saved) or not _matches(name, target_modules):
             continue
         if not isinstance(module, (Linear, nn.Linear)):
-            raise LoRAError(f"{where}={_show(target_modules)} selects {name!r}, a {type(module).__name__}, but "
+            kind = type(module).__name__.removeprefix("Fused")  # a fused LayerNorm is a LayerNorm
+            raise LoRAError(f"{where}={_show(target_modules)} selects {name!r}, a {kind}, but "
                             f"LoRA here wraps Linear layers only. Name Linear layers instead (this model's Linear "
                             f"layers end in: {_linear_suffixes(model)})")
         shared = next((names for names in tied if f"{name}.weight" in names), None)

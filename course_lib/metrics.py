@@ -196,7 +196,8 @@ try:  # Linux: reset the peak to the current size, so that nothing before this l
 except OSError:
     pass
 start = time.perf_counter()
-model = course_lib.loading.load_model(args["src"], task=args["task"], dtype=args["dtype"], quantize=args["quantize"])
+model = course_lib.loading.load_model(args["src"], task=args["task"], dtype=args["dtype"], quantize=args["quantize"],
+                                     fast=args["fast"])
 load_s = time.perf_counter() - start
 if args["forward"]:
     with torch.inference_mode():
@@ -208,7 +209,7 @@ print(json.dumps({"baseline_mb": baseline, "peak_mb": peak, "increase_mb": peak 
 
 
 def load_peak_memory(src: Any, quantize: str | None = None, dtype: Any = None, forward: bool = True, *,
-                     task: str = "auto", threads: int = 2, timeout: float = 300.0) -> dict[str, float]:
+                     task: str = "auto", threads: int = 2, timeout: float = 300.0, fast: bool = True) -> dict[str, float]:
     """How much process memory ``course_lib.load_model(src, quantize=..., dtype=...)`` needs, at its peak.
 
     Returns a dict of megabytes (10^6 bytes):
@@ -237,6 +238,7 @@ def load_peak_memory(src: Any, quantize: str | None = None, dtype: Any = None, f
     On Linux the numbers come from ``/proc/self/status`` (the peak is reset to the current
     size once the imports are done, so only the load counts); elsewhere from ``resource``
     (peak only, so the baseline is the peak after the imports) or ``psutil`` on Windows.
+    ``fast``: passed to ``load_model`` (its default path, or ``False``: chapter 02's layers).
     Takes a few seconds for a small model (mostly importing torch).
     """
     import json
@@ -249,7 +251,7 @@ def load_peak_memory(src: Any, quantize: str | None = None, dtype: Any = None, f
         dtype = str(dtype).removeprefix("torch.")
     args = {"src": str(src), "quantize": None if quantize is None else str(quantize),
             "dtype": None if dtype is None else str(dtype), "forward": bool(forward), "task": task,
-            "threads": int(threads)}
+            "threads": int(threads), "fast": bool(fast)}
     package_parent = str(Path(__file__).resolve().parent.parent)  # so the child imports this same course_lib
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads),
                PYTHONPATH=os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p))

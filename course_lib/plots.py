@@ -264,6 +264,35 @@ def plot_memory_bars(megabytes: dict[str, float], title: str = "parameter memory
     fig.tight_layout()
 
 
+def plot_decode_vs_context(report: dict, title: str = ""):
+    """Chapter 07: decode tokens/s against the context length, one line per engine, from
+    ``bench/scaling.py``'s JSON report (its ``decode`` part); the machine goes in the title.
+    Returns nothing."""
+    import matplotlib.pyplot as plt
+
+    rows = report["decode"]
+    contexts = [int(c) for c in rows]
+    engines = [name for name in ("transformers", "course default", "llama.cpp f32")
+               if all(name in row for row in rows.values())]
+    labels = {"course default": "course (load_model's default path)", "llama.cpp f32": "llama.cpp f32"}
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for name, marker in zip(engines, "osd"):
+        rates = [rows[str(c)][name]["decode_tok_s"] for c in contexts]
+        ax.plot(contexts, rates, marker=marker, label=labels.get(name, name))
+        ax.annotate(f"{rates[-1]:.1f}", (contexts[-1], rates[-1]), textcoords="offset points", xytext=(6, 0),
+                    va="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xticks(contexts, [str(c) for c in contexts])
+    ax.set_xlabel("tokens already in the context (log scale)")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_ylim(0, None)
+    machine = report["machine"]
+    ax.set_title(title or f"GPT-2 124M, batch 1, float32 — {machine['cpu']}, {machine['threads']} threads, "
+                          f"{machine['date'][:10]}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+
+
 def plot_error_histograms(errors: dict[str, Sequence[float]], bins: int = 80, xlabel: str = "w_hat − w"):
     """Chapter 07: a histogram of the weight errors of each scheme, on one shared x axis, each
     titled with its RMS error. Returns nothing."""

@@ -78,7 +78,7 @@ def test_convert_writes_safetensors_with_todays_names(legacy_bin, tmp_path, caps
         assert sorted(keys) == sorted(expected)
         for key, value in expected.items():
             assert torch.equal(reader.get(key), value), key
-    loaded = load_model(dst, task="masked-lm")
+    loaded = load_model(dst, task="masked-lm", fast=False)
     assert loaded.load_report.ok and not loaded.load_report.renamed and not loaded.load_report.skipped
     assert same_outputs(loaded, model)
 
@@ -171,7 +171,7 @@ def test_convert_overwrite_replaces_it_and_removes_its_stale_files(legacy_bin, a
     assert sorted(p.name for p in another_checkpoint.iterdir()) == ["config.json", "model.safetensors", "notes.md",
                                                                     "tokenizer_config.json", "vocab.txt"]
     assert (another_checkpoint / "notes.md").read_text() == "mine"
-    assert same_outputs(load_model(another_checkpoint, task="masked-lm"), model)
+    assert same_outputs(load_model(another_checkpoint, task="masked-lm", fast=False), model)
 
 
 def test_convert_again_into_its_own_earlier_output_needs_no_flag(legacy_bin, tmp_path):
@@ -287,7 +287,7 @@ def test_download_then_load_offline_from_that_folder(fake_hub, tiny_files, tmp_p
     assert sorted(p.name for p in snapshot.iterdir()) == ["config.json", "model.safetensors", "vocab.txt"]
 
     offline_home(monkeypatch, usb)
-    loaded = load_model("org/m")
+    loaded = load_model("org/m", fast=False)
     assert loaded.load_report.ok and same_outputs(loaded, model)
     from course_lib import load_tokenizer
 
@@ -307,7 +307,7 @@ def test_a_repo_without_safetensors_fetches_the_bin_files(fake_hub, tiny_files, 
     assert "pytorch_model.bin" in capsys.readouterr().out
 
     offline_home(monkeypatch, usb)
-    loaded = load_model("org/old")
+    loaded = load_model("org/old", fast=False)
     assert same_outputs(loaded, model)
 
 

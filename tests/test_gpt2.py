@@ -359,10 +359,15 @@ def test_repetition_penalty_generates_what_transformers_generates():
 def test_conv1d_weights_load_transposed_contiguous_in_any_dtype():
     from course_lib import load_model
 
-    fp32 = load_model("tiny-gpt2")
-    bf16 = load_model("tiny-gpt2", dtype=torch.bfloat16)
+    from course_lib import fused
+
+    fp32 = load_model("tiny-gpt2", fast=False)  # the teaching path: rows, as chapter 02's Linear reads them
+    bf16 = load_model("tiny-gpt2", dtype=torch.bfloat16, fast=False)
+    fast = load_model("tiny-gpt2")  # the default: the layout speed_up measured as fastest, written as read
     for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.3.mlp.c_proj.weight"):
         a, b = fp32.get_parameter(name), bf16.get_parameter(name)
         assert a.is_contiguous() and b.is_contiguous() and b.dtype == torch.bfloat16
         assert torch.equal(b, a.to(torch.bfloat16))
+        assert fused.weight_layout(fast.get_parameter(name)) == fused.matvec_layout()
+        assert torch.equal(fast.get_parameter(name), a)
     assert fp32.transformer.wte.weight.dtype == torch.float32 and bf16.lm_head.weight is bf16.transformer.wte.weight

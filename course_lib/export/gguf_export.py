@@ -173,7 +173,7 @@ def _hub_tensors(model) -> dict[str, torch.Tensor]:
     for key, value in model.state_dict().items():
         if key.startswith("lm_head."):
             continue  # tied to transformer.wte.weight: llama.cpp reads token_embd.weight for both
-        tensors[key.removeprefix("transformer.")] = value.detach().to("cpu", torch.float32)
+        tensors[key.removeprefix("transformer.")] = value.detach().to("cpu", torch.float32).contiguous()  # rows
     return tensors
 
 
