@@ -4,8 +4,8 @@
                                             [--layers 12] [--context 16]
 
 What ``bench/decode.py`` measures as one number (tokens/s) this script takes apart, for the
-path it profiles (``fuse``-d by default; ``--reference``: chapter 02's layers as written;
-``--quantize``: weight-only int8 or int4 with PyTorch's CPU kernels). The model is made with
+path it profiles (``load_model``'s default path; ``--reference``: ``fast=False``, chapter 02's
+layers as written; ``--quantize``: weight-only int8 or int4 with PyTorch's CPU kernels). The model is made with
 the course's own ``GPT2LMHeadModel`` (seeded random weights, ``transformers``' config of gpt2),
 saved and loaded with ``load_model`` as a user would. A prompt of ``--context`` tokens fills the
 cache; then ``--steps`` single-token steps run under ``torch.profiler`` (each step: the forward
@@ -123,16 +123,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from course_lib import load_model
-    from course_lib.fused import fuse
+    from course_lib.fused import matvec_layout_report
     from course_lib.models.gpt2 import GPT2Config, GPT2LMHeadModel
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         GPT2LMHeadModel(GPT2Config(n_layer=args.layers)).save_pretrained(tmp)
-        model = load_model(tmp, quantize=args.quantize)
-    if not args.reference:
-        fuse(model)
+        model = load_model(tmp, quantize=args.quantize, fast=not args.reference)
     blocks_bytes, head_bytes = weight_bytes(model)
     prompt = torch.randint(0, model.config.vocab_size, (1, args.context), generator=torch.Generator().manual_seed(0))
     plain, profiled, events = profile_steps(model, prompt, args.steps)
@@ -144,7 +142,7 @@ def main() -> None:
         category = category_of(e.name)
         us = e.self_cpu_time_total
         # the head's weight has vocab rows (an int4 kernel pads them to a multiple of 64, halves the columns)
-        if category == "matmul" and any(len(s) == 2 and head_rows <= s[0] < head_rows + 64
+        if category == "matmul" and any(len(s) == 2 and any(head_rows <= d < head_rows + 64 for d in s)
                                         for s in (e.input_shapes or [])):
             head_time += us
             continue
@@ -156,7 +154,8 @@ def main() -> None:
     bandwidth = read_bandwidth(args.threads)
     read_per_token = blocks_bytes + head_bytes
 
-    path = "reference layers" if args.reference else "fused"
+    path = ("teaching path (fast=False)" if args.reference else "default path" if args.quantize
+            else f"default path, float32 weights as {matvec_layout_report()}")
     what = f"{args.quantize or 'float32'}, {path}"
     print(f"GPT-2 124M shape ({args.layers} layers), {what}, {args.threads} threads, context {args.context} + "
           f"{args.steps} steps, torch {torch.__version__}")

@@ -225,7 +225,7 @@ def matvec_layout_report() -> str:
     if chosen is not None:
         return f"{chosen} (set by {LAYOUT_VARIABLE})"
     if "layout" not in _measured:
-        return "columns (not measured yet: no weight large enough)"
+        return "columns (not measured: no float32 weight large enough yet)"
     s = _measured["seconds"]
     return (f"{_measured['layout']} (measured on a {_measured['shape'][0]}x{_measured['shape'][1]} weight, "
             f"{_measured['threads']} threads: rows {s['rows'] * 1e3:.2f} ms, columns {s['columns'] * 1e3:.2f} ms)")
@@ -248,7 +248,8 @@ def column_keys(model: nn.Module, dtype: torch.dtype | None = None) -> frozenset
     """
     if dtype not in (None, torch.float32):
         return frozenset()
-    linears = {name: m for name, m in model.named_modules() if m in set(_float_linears(model, "meta"))}
+    float_linears = set(_float_linears(model, "meta"))
+    linears = {name: m for name, m in model.named_modules() if m in float_linears}
     if not linears:
         return frozenset()
     largest = max(linears.values(), key=lambda m: m.weight.numel())

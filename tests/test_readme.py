@@ -211,3 +211,20 @@ def test_every_exercise_the_readme_names_exists():
     for chapter, function in sorted(named):
         functions = {ex.function for ex in registry.load_chapter(chapter)}
         assert function in functions, f"README names {chapter}.{function}, which {chapter} does not have"
+
+
+def test_speed_tables_are_the_benchmarks_results():
+    """The README's speed tables are what bench/readme_tables.py writes from bench/results/*.json, not typed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "bench" / "readme_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    results = sorted(p.name for p in (ROOT / "bench" / "results").glob("*.json"))
+    assert {"scaling.json"} <= set(results) and any(r.startswith("decode-") for r in results) and \
+        any(r.startswith("quantization-") for r in results), results
+    rendered = tables.render()
+    assert tables.readme_block(README.read_text(encoding="utf-8")) == rendered, \
+        "README.md's speed tables differ from bench/results: run .venv/bin/python bench/readme_tables.py --write"
+    for run in tables.load_runs("*.json"):  # every result names its machine and date
+        assert {"cpu", "threads", "torch", "date"} <= set(run["machine"])
