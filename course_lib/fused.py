@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib import layers
+from course_lib.models.gpt2 import GPT2Block
 
 
 def _onednn_linear_available() -> bool:
@@ -112,8 +113,33 @@ def fused_attention(q, k, v, mask=None, dropout_p: float = 0.0, training: bool =
                                           scale=scale)
 
 
+class FusedGPT2Block(GPT2Block):
+    """``GPT2Block`` whose one-token decoding step runs fewer operations: the step ``generate`` repeats.
+
+    A step with the KV cache, one new token and no mask (one sequence, or a batch without
+    padding) computes what ``GPT2Block.forward`` computes, with PyTorch's attention kernel:
+    q, k and v are views of the one ``c_attn`` output (no split into three tensors and no
+    head split of each), and the dropouts, identities in evaluation mode, are not called.
+    A prompt, a padded batch, training, or another attention function (the ONNX export's)
+    goes through ``GPT2Block.forward``.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        attn = self.attn
+        if (cache is None or mask is not None or x.size(1) != 1 or self.training
+                or attn.attention_fn is not fused_attention):
+            return super().forward(x, mask, cache)
+        B, H = x.size(0), attn.n_head
+        q, k, v = attn.c_attn(self.ln_1(x)).view(B, 3, H, 1, -1).unbind(1)  # 3 x (B, H, 1, D), views
+        k, v = cache.append(k, v)  # (B, H, P + 1, D)
+        y = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)  # (B, H, 1, D)
+        x = x + attn.c_proj(y.reshape(B, 1, -1))  # heads side by side: (B, 1, H * D)
+        return x + self.mlp.c_proj(self.mlp.act(self.mlp.c_fc(self.ln_2(x))))
+
+
 FUSED_CLASSES: dict[type, type] = {layers.Linear: FusedLinear, layers.LayerNorm: FusedLayerNorm,
-                                   layers.RMSNorm: FusedRMSNorm, layers.Embedding: FusedEmbedding}
+                                   layers.RMSNorm: FusedRMSNorm, layers.Embedding: FusedEmbedding,
+                                   GPT2Block: FusedGPT2Block}
 FUSED_FUNCTIONS = {
     layers.gelu: F.gelu,
     layers.gelu_tanh: functools.partial(F.gelu, approximate="tanh"),

@@ -138,3 +138,39 @@ def test_layouts_hold_the_same_values():
     assert fused.weight_layout(w[:, :2]) is None
     x = torch.randn(2, 3)
     torch.testing.assert_close(fused.fused_linear(x, columns), fused.fused_linear(x, w), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_gpt2_decoding_steps_take_the_short_block_with_the_same_logits(pruned, monkeypatch):
+    """A one-token step with the cache runs FusedGPT2Block's short path (prompts do not), with the teaching logits."""
+    from course_lib.generation import KVCache
+    from course_lib.models.gpt2 import GPT2Block
+    from course_lib.surgery import prune_heads
+
+    fast, teaching = load_model("tiny-gpt2"), load_model("tiny-gpt2", fast=False)
+    if pruned:  # fewer heads in some layers: c_attn is narrower than 3C
+        for model in (fast, teaching):
+            prune_heads(model, {0: [1], 2: [0, 3]})
+    assert all(type(block) is fused.FusedGPT2Block for block in fast.transformer.h)
+    long_path = []
+    real = GPT2Block.forward
+
+    def counted(self, *args, **kwargs):
+        if type(self) is fused.FusedGPT2Block:
+            long_path.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT2Block, "forward", counted)
+    caches = {name: KVCache(fast.config.n_layer, 32) for name in ("fast", "teaching")}
+    with torch.no_grad():
+        prompt = prompt_ids("tiny-gpt2")[0]
+        torch.testing.assert_close(fast(prompt, kv_cache=caches["fast"]), teaching(prompt, kv_cache=caches["teaching"]),
+                                   atol=FLOAT_ATOL, rtol=0)
+        assert len(long_path) == fast.config.n_layer  # the prompt: every block's full forward
+        for token in (5, 17, 200, 3000):
+            step = torch.tensor([[token]])
+            got = fast(step, kv_cache=caches["fast"], last_only=True)
+            torch.testing.assert_close(got, teaching(step, kv_cache=caches["teaching"], last_only=True),
+                                       atol=FLOAT_ATOL, rtol=0)
+    assert len(long_path) == fast.config.n_layer  # the steps never took it
+    assert caches["fast"].length == caches["teaching"].length == prompt.size(1) + 4

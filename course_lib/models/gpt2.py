@@ -22,9 +22,12 @@ Conv1D: OpenAI's TensorFlow code stored every projection as ``(in, out)`` and
 ``transformers`` kept that as a ``Conv1D`` module (``x @ W + b``). We transpose the four
 Conv1D weights once, on load, into chapter 02's ``Linear`` ``(out, in)`` (and back on
 save). Why: one ``Linear`` for every model in the course (chapter 07 quantizes it
-per output row, the same code for BERT and GPT-2), and PyTorch's fastest CPU kernel
-for one token at a time (oneDNN, ``course_lib.fused``) wants ``(out, in)`` contiguous.
-The price is a copy of those weights at load time instead of a memory-mapped view.
+per output row, the same code for BERT and GPT-2). The price, on the teaching path, is a
+copy of those weights at load time instead of a memory-mapped view. ``load_model``'s
+default path (``course_lib.fused.speed_up``) stores each weight the way this CPU reads it
+fastest for one token at a time; where that is by columns, the file's ``(in, out)``
+Conv1D tensor is used as it is, seen as its transpose, and its decoding steps run
+``fused.FusedGPT2Block``, the same block with fewer operations.
 
 Shapes: B batch, T new tokens, P tokens already in the cache, C = n_embd, H = n_head,
 D = C / H, V vocabulary.
