@@ -359,10 +359,11 @@ def machine() -> dict:
 
 
 def write_json(path, data: dict) -> None:
+    """``data`` as indented JSON in ``path`` (its folder made); anything JSON lacks is written as text."""
     import json
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+    Path(path).write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
     print(f"results written to {path}")
 
 

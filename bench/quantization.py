@@ -68,7 +68,6 @@ test of the script (under a minute), not a measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -462,9 +461,7 @@ def main() -> None:
             "raw": {"decode": decode["runs"], "load_memory": memory, "tiny_gpt2": tiny, "minilm": minilm},
             "targets": checks, "seconds": seconds,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        decode_bench.write_json(args.json, report)
 
 
 if __name__ == "__main__":

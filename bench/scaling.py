@@ -71,7 +71,6 @@ longer: part 5 writes gpt2-large (~3.1 GB) and quantizes it while loading, in fr
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import shutil
@@ -87,7 +86,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from decode import Stamps, cpu_name, timed  # noqa: E402  (bench/decode.py: the timer and the CPU's name)
+from decode import Stamps, machine, timed  # noqa: E402  (bench/decode.py: timer, CPU, machine)
+from encoder import median_time  # noqa: E402  (bench/encoder.py: median seconds of a few calls)
 
 TRANSFORMERS, COURSE, LLAMA = "transformers", "course default", "llama.cpp f32"
 CONTEXTS = (32, 256, 1000)
@@ -161,15 +161,6 @@ def timed_batch(generate, n: int, batch: int) -> tuple[list[list[int]], dict[str
                          f"{out.shape[0]} rows")
     steps = batch * (n - 1) / (stamps.times[-1] - stamps.times[0]) if n > 1 else float("nan")
     return out[:, -n:].tolist(), {"total": end - start, "prefill": stamps.times[0] - start, "decode_rate": steps}
-
-
-def median_of_calls(fn, calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # --------------------------------------------------------------------------------------
@@ -335,7 +326,7 @@ def bench_prefill(ref, ours, repeats: int) -> dict:
     runs = {name: [] for name in runners}
     for r in range(repeats):
         for name in rotated(runners, r):
-            runs[name].append(median_of_calls(runners[name], 1))
+            runs[name].append(median_time(runners[name], 1))
     out = {"batch": B, "prompt_tokens": T, "max_abs_diff": diff, "same_next_token": same_next}
     for name in runners:
         seconds = statistics.median(runs[name])
@@ -394,7 +385,7 @@ def bench_encoder(repeats: int) -> dict:
         runs = {name: [] for name in runners}
         for r in range(repeats):
             for name in rotated(runners, r + batch):
-                runs[name].append(median_of_calls(runners[name], calls))
+                runs[name].append(median_time(runners[name], calls))
         row = {"batch": batch, "tokens": ids.shape[1], "max_abs_diff": diff}
         for name in runners:
             seconds = statistics.median(runs[name])
@@ -477,14 +468,13 @@ def main() -> None:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
 
-    machine = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    machine_info = machine()
     settings = {"quick": args.quick, "repeats": repeats, "gpt2_layers": layers, "decode_new_tokens": n_decode,
                 "contexts": list(CONTEXTS), "throughput_new_tokens": n_batch, "batches": list(BATCHES),
                 "prefill_shape": list(PREFILL_SHAPE), "encoder_batches": list(ENCODER_BATCHES),
                 "skip_memory": args.skip_memory}
     started = time.perf_counter()
-    report = {"machine": machine, "settings": settings}
+    report = {"machine": machine_info, "settings": settings}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         folder = tmp / "gpt2-random"
@@ -521,7 +511,8 @@ def main() -> None:
 
     label = "GPT-2 124M" if layers == 12 else f"GPT-2 config with {layers} layers"
     print(f"Scaling benchmark{' (--quick: a smoke test, not a measurement)' if args.quick else ''}: "
-          f"{machine['date']}, CPU ({machine['cpu']}), {machine['threads']} threads, torch {machine['torch']}")
+          f"{machine_info['date']}, CPU ({machine_info['cpu']}), {machine_info['threads']} threads, "
+          f"torch {machine_info['torch']}")
     print(f"{label}, random weights, float32, default path (load_model(folder)); {repeats} interleaved "
           f"repetition(s), medians; ratios: course speed / other speed (> 1: the course is faster)")
     print()
